@@ -1,0 +1,120 @@
+"""Client factories: every service opens its connections here, in `__main__`
+or the FastAPI lifespan, and passes them in. Settings decide the addresses;
+the delivery rule (DESIGN.md) decides the safety options, which callers may
+extend but should not weaken."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from pymongo import AsyncMongoClient, MongoClient
+
+from contracts.errors import ServiceUnavailable
+from contracts.settings import Settings
+
+# acks=all + idempotence: a reading is only "in Kafka" once every in-sync
+# replica has it, and producer retries never write it twice.
+SAFE_PRODUCER = {
+    "acks": "all",
+    "enable.idempotence": True,
+    "linger.ms": 5,
+    "compression.type": "lz4",
+    "message.timeout.ms": 300_000,
+}
+
+# Offsets move only when the consumer says its writes are done.
+SAFE_CONSUMER = {
+    "enable.auto.commit": False,
+    "auto.offset.reset": "earliest",
+    "enable.partition.eof": False,
+    "isolation.level": "read_committed",
+}
+
+
+def kafka_producer(settings: Settings, **overrides: Any) -> Producer:
+    conf = {"bootstrap.servers": settings.kafka_bootstrap, **SAFE_PRODUCER, **overrides}
+    return Producer(conf)
+
+
+def kafka_consumer(settings: Settings, group_id: str, **overrides: Any) -> Consumer:
+    conf = {"bootstrap.servers": settings.kafka_bootstrap, "group.id": group_id,
+            **SAFE_CONSUMER, **overrides}
+    return Consumer(conf)
+
+
+def kafka_admin(settings: Settings) -> AdminClient:
+    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+
+
+def ensure_topics(settings: Settings, names: list[str], timeout: float = 30.0) -> None:
+    """Create topics that do not exist yet, with the configured partition count."""
+    admin = kafka_admin(settings)
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except Exception as exc:
+        raise ServiceUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+    missing = [NewTopic(n, num_partitions=settings.kafka_partitions, replication_factor=1)
+               for n in names if n not in existing]
+    if not missing:
+        return
+    for name, future in admin.create_topics(missing, operation_timeout=timeout).items():
+        try:
+            future.result(timeout)
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise ServiceUnavailable(f"cannot create Kafka topic {name}: {exc}") from exc
+
+
+def mongo_client(settings: Settings, **kwargs: Any) -> MongoClient[dict[str, Any]]:
+    return MongoClient(settings.mongo_url.get_secret_value(), tz_aware=True,
+                       serverSelectionTimeoutMS=5000, **kwargs)
+
+
+def async_mongo_client(settings: Settings, **kwargs: Any) -> AsyncMongoClient[dict[str, Any]]:
+    return AsyncMongoClient(settings.mongo_url.get_secret_value(), tz_aware=True,
+                            serverSelectionTimeoutMS=5000, **kwargs)
+
+
+def mqtt_client(settings: Settings, client_id: str | None = None, *,
+                persistent: bool = False, manual_ack: bool = False,
+                session_expiry_s: int = 86_400) -> mqtt.Client:
+    """An MQTT 5 client with credentials set. `persistent` keeps the session
+    (and its queued QoS 1 messages) on the broker across disconnects."""
+    client = mqtt.Client(
+        callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id or f"edgepipe-{uuid.uuid4().hex[:12]}",
+        protocol=mqtt.MQTTv5,
+        manual_ack=manual_ack,
+    )
+    client.username_pw_set(settings.mqtt_username, settings.mqtt_password.get_secret_value())
+    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    client.user_data_set({"persistent": persistent, "session_expiry_s": session_expiry_s})
+    return client
+
+
+def mqtt_connect(client: mqtt.Client, settings: Settings, *,
+                 receive_maximum: int | None = None) -> None:
+    """Connect with the session options `mqtt_client` recorded; non-blocking
+    callers then run `loop_start()`. `receive_maximum` lets the broker keep that
+    many unacknowledged QoS 1 messages in flight to us (MQTT 5), which a client
+    that acks late, after Kafka, needs to keep throughput up."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    opts = client.user_data_get() or {}
+    props = Properties(PacketTypes.CONNECT)
+    persistent = bool(opts.get("persistent"))
+    if persistent:
+        props.SessionExpiryInterval = int(opts.get("session_expiry_s", 86_400))
+    if receive_maximum is not None:
+        props.ReceiveMaximum = receive_maximum
+    try:
+        client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=settings.mqtt_keepalive,
+                       clean_start=not persistent, properties=props)
+    except OSError as exc:
+        raise ServiceUnavailable(
+            f"MQTT broker at {settings.mqtt_host}:{settings.mqtt_port}: {exc}") from exc

@@ -1,0 +1,104 @@
+"""The one settings class of edgepipe, read from the environment (and `.env`).
+
+Every field is an environment variable of the same name in upper case, listed
+with its default in `.env.example` (a test keeps the two in step). Services read
+settings through the cached `get_settings()`, never at import time.
+"""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from contracts.errors import ConfigError
+
+# Passwords that ship in the repository: fine on a laptop, refused in production.
+KNOWN_LOCAL_SECRETS = frozenset({"edgepipe-local", "changethis", "example", "password", ""})
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # --- general ---
+    edgepipe_env: Literal["local", "test", "production"] = "local"
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    # --- MQTT (Mosquitto) ---
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = Field(1883, ge=1, le=65535)
+    mqtt_username: str = "edgepipe"
+    mqtt_password: SecretStr = SecretStr("edgepipe-local")
+    mqtt_keepalive: int = Field(30, ge=5)
+    mqtt_results_topic: str = "analytics/{device_id}/{sensor}"
+
+    # --- Kafka ---
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_partitions: int = Field(6, ge=1)
+    kafka_topic_readings: str = "readings"
+    kafka_topic_dlq: str = "readings.dlq"
+    kafka_topic_analytics: str = "analytics"
+    kafka_topic_windows: str = "readings.windows"
+
+    # --- MongoDB ---
+    mongo_url: SecretStr = SecretStr("mongodb://127.0.0.1:27017/")
+    mongo_db: str = "iot"
+
+    # --- bridge ---
+    bridge_http_port: int = Field(8101, ge=0, le=65535)
+    bridge_routes_path: Path | None = None  # None: the routes shipped in bridge/routes.yaml
+    bridge_share_group: str = "bridge"
+    bridge_max_payload_bytes: int = Field(256 * 1024, ge=64)
+    bridge_sink_group: str = "raw-sink"
+    bridge_sink_batch_size: int = Field(2000, ge=1)
+    bridge_sink_batch_wait_ms: int = Field(200, ge=0)
+
+    # --- model worker ---
+    model_path: Path = Path("models")
+    model_trust_pickle: bool = True
+    worker_http_port: int = Field(8102, ge=0, le=65535)
+    worker_group: str = "model-worker"
+    worker_batch_size: int = Field(2000, ge=1)
+    worker_batch_wait_ms: int = Field(100, ge=0)
+
+    # --- edge simulator ---
+    simulator_http_port: int = Field(8103, ge=0, le=65535)
+
+    # --- API ---
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+
+    # --- mongo-express (browse) ---
+    mongo_express_port: int = Field(8081, ge=1, le=65535)
+    mongo_express_username: str = "admin"
+    mongo_express_password: SecretStr = SecretStr("edgepipe-local")
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_defaults(self) -> Self:
+        if self.edgepipe_env != "production":
+            return self
+        shipped = {
+            "MQTT_PASSWORD": self.mqtt_password,
+            "MONGO_EXPRESS_PASSWORD": self.mongo_express_password,
+        }
+        unsafe = [name for name, value in shipped.items()
+                  if value.get_secret_value() in KNOWN_LOCAL_SECRETS]
+        if unsafe:
+            raise ValueError(
+                f"{', '.join(unsafe)} still hold the shipped local password; "
+                "set real secrets before running with EDGEPIPE_ENV=production"
+            )
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read once. Tests call `get_settings.cache_clear()`."""
+    try:
+        return Settings()
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise ConfigError(f"invalid settings: {exc}") from exc
