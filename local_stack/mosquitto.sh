@@ -25,7 +25,6 @@ mq_auth=(-h "$PROBE_HOST" -p "$MQTT_PORT" -u "$MQTT_USERNAME" -P "$MQTT_PASSWORD
 # listener, the password file and subscriptions all work.
 healthy() {
   stk_pid "$SVC" "$CONF" >/dev/null || return 1
-  stk_port_open "$PROBE_HOST" "$MQTT_PORT" || return 1
   mosquitto_sub "${mq_auth[@]}" -i "local-stack-health-$$" -t '$SYS/broker/version' \
     -C 1 -W 3 >/dev/null 2>&1
 }
@@ -71,12 +70,12 @@ start() {
     return 0
   fi
   if pid="$(stk_pid "$SVC" "$CONF")"; then
-    stk_warn "$SVC" "pid $pid is running but not healthy; restarting it"
+    stk_warn "$SVC" "pid $pid does not answer on $PROBE_HOST:$MQTT_PORT as $MQTT_USERNAME (settings changed or hung); restarting it"
     stk_stop "$SVC" 10 "$CONF" >/dev/null
   fi
   if stk_port_open "$PROBE_HOST" "$MQTT_PORT"; then
     echo "local_stack: port $MQTT_PORT is already taken by $(stk_port_owner "$MQTT_PORT" || echo 'another process')" \
-      "(a system mosquitto service? try: systemctl stop mosquitto)" >>"$(stk_logfile "$SVC")"
+      "(the Debian mosquitto service? try: systemctl stop mosquitto)" >>"$(stk_logfile "$SVC")"
     stk_fail "$SVC"
   fi
   render_config
