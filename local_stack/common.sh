@@ -90,6 +90,7 @@ stk_since() {
 
 stk_port_open() {
   local host="$1" port="$2"
+  # shellcheck disable=SC2016  # expanded by the inner bash
   timeout 1 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$host" "$port" 2>/dev/null
 }
 
@@ -119,7 +120,7 @@ stk_pid() {
   [[ -f "$pf" ]] || return 1
   pid="$(tr -dc '0-9' <"$pf")"
   if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null \
-    && [[ "$(cat "/proc/$pid/stat" 2>/dev/null | awk '{print $3}')" != Z ]]; then
+    && [[ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]]; then
     if [[ -z "$pattern" ]] || tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$pattern"; then
       printf '%s\n' "$pid"
       return 0

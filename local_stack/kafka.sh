@@ -50,13 +50,15 @@ TOOL_JAVA=(java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1
 # correlation id. Costs a few milliseconds, no JVM.
 api_versions_ok() {
   local reply
+  # shellcheck disable=SC2016  # expanded by the inner bash
   reply="$(timeout 3 bash -c '
     exec 3<>"/dev/tcp/$1/$2" || exit 1
     printf "\x00\x00\x00\x14\x00\x12\x00\x00\x00\x00\x00\x07\x00\x0alocalstack" >&3
     head -c 10 <&3 | od -An -tx1
   ' _ "$KAFKA_HOST" "$KAFKA_PORT" 2>/dev/null)" || return 1
-  reply="$(echo $reply)"
-  [[ "${reply:12:11}" == "00 00 00 07" ]]
+  reply="${reply//[[:space:]]/}"
+  # bytes 0-3: length, 4-7: correlation id
+  [[ "${reply:8:8}" == "00000007" ]]
 }
 
 healthy() {

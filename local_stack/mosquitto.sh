@@ -25,6 +25,7 @@ mq_auth=(-h "$PROBE_HOST" -p "$MQTT_PORT" -u "$MQTT_USERNAME" -P "$MQTT_PASSWORD
 # listener, the password file and subscriptions all work.
 healthy() {
   stk_pid "$SVC" "$CONF" >/dev/null || return 1
+  # shellcheck disable=SC2016  # a literal MQTT topic
   mosquitto_sub "${mq_auth[@]}" -i "local-stack-health-$$" -t '$SYS/broker/version' \
     -C 1 -W 3 >/dev/null 2>&1
 }
