@@ -105,3 +105,14 @@ def services(mqtt_ready: Settings, kafka_topics: Settings,
              mongo: MongoClient[dict[str, Any]]) -> Settings:
     """All three real services up, with this test's topics and database."""
     return kafka_topics
+
+
+_SERVICE_FIXTURES = frozenset({"services", "mqtt_ready", "kafka_topics", "mongo"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses a real-service fixture, so `-m "not services"`
+    selects the pure ones."""
+    for item in items:
+        if _SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.services)
