@@ -1,0 +1,1 @@
+"""The bridge: MQTT readings into Kafka `readings` and MongoDB `iot.readings`."""
