@@ -56,6 +56,21 @@ class Settings(BaseSettings):
     bridge_sink_group: str = "raw-sink"
     bridge_sink_batch_size: int = Field(2000, ge=1)
     bridge_sink_batch_wait_ms: int = Field(200, ge=0)
+    # Prepended to every route's MQTT filter (tests and multi-tenant brokers).
+    bridge_topic_prefix: str = ""
+    # Stable MQTT client id, so a restarted bridge resumes its persistent session:
+    # "" means edgepipe-bridge-{hostname}-{bridge_instance}.
+    bridge_client_id: str = ""
+    bridge_instance: int = Field(0, ge=0)
+    bridge_session_expiry_s: int = Field(86_400, ge=0)
+    # Unacknowledged QoS 1 messages the broker may have in flight to one bridge.
+    bridge_receive_maximum: int = Field(1000, ge=1, le=65_535)
+    # Kafka counts as unreachable once deliveries have been pending this long.
+    bridge_kafka_stall_s: float = Field(10.0, gt=0)
+    bridge_shutdown_timeout_s: float = Field(15.0, gt=0)
+    # Extra filters (comma-separated, under the prefix) subscribed so that a
+    # message there matching no route becomes a "no_route" dead letter.
+    bridge_unrouted_filters: str = "sensors/#"
 
     # --- model worker ---
     model_path: Path = Path("models")

@@ -1,0 +1,240 @@
+"""Kafka `readings` -> MongoDB `iot.readings`, `readings.dlq` -> `iot.dead_letters`.
+
+One batch at a time: consume up to `bridge_sink_batch_size` records, write
+them with `insert_many(ordered=False)` (`_id` = event id, so a replayed record
+is a duplicate-key no-op counted as success), then commit exactly the consumed
+offsets. While MongoDB is down the sink keeps its batch, pauses its partitions
+and retries with backoff; nothing is committed that is not written.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from pymongo import ASCENDING, DESCENDING
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError, PyMongoError
+
+from bridge import metrics
+from contracts.dead_letters import DeadLetter
+from contracts.errors import SchemaError
+from contracts.events import Reading
+from contracts.settings import Settings
+
+log = logging.getLogger("bridge.sink")
+
+DUPLICATE_KEY = 11000
+_BACKOFF_MAX_S = 10.0
+_LAG_INTERVAL_S = 5.0
+
+Document = dict[str, Any]
+
+
+@dataclass
+class Batch:
+    readings: list[Document] = field(default_factory=list)
+    dead_letters: list[Document] = field(default_factory=list)
+    # (topic, partition) -> next offset to read, committed after the write.
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    records: int = 0
+
+
+def reading_document(value: bytes) -> Document:
+    return Reading.from_json(value).to_document()
+
+
+def dead_letter_document(value: bytes) -> Document:
+    return DeadLetter.from_json(value).to_document()
+
+
+def build_batch(messages: list[Message], readings_topic: str) -> Batch:
+    """Documents for one batch; a record that is not what its topic promises
+    becomes a dead letter itself rather than blocking the partition."""
+    batch = Batch()
+    for msg in messages:
+        if msg.error() is not None:
+            log.warning("kafka consume error", extra={"error": str(msg.error())})
+            continue
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        if topic is None or partition is None or offset is None:
+            continue
+        value = msg.value() or b""
+        batch.records += 1
+        batch.offsets[(topic, partition)] = offset + 1
+        try:
+            if topic == readings_topic:
+                batch.readings.append(reading_document(value))
+            else:
+                batch.dead_letters.append(dead_letter_document(value))
+        except SchemaError as exc:
+            metrics.SINK_BAD_RECORDS.inc()
+            letter = DeadLetter(reason="bad_record", message=f"kafka {topic}: {exc}",
+                                topic=f"kafka:{topic}", route=None, codec=None,
+                                payload=value, received_at_ns=time.time_ns())
+            batch.dead_letters.append(letter.to_document())
+    return batch
+
+
+def insert_idempotent(collection: Collection[Document], docs: list[Document]) -> tuple[int, int]:
+    """(inserted, duplicates). Duplicate keys are replays, hence success; any
+    other write error is raised."""
+    if not docs:
+        return 0, 0
+    try:
+        result = collection.insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        others = [e for e in errors if e.get("code") != DUPLICATE_KEY]
+        if others or exc.details.get("writeConcernErrors"):
+            raise
+        return exc.details.get("nInserted", len(docs) - len(errors)), len(errors)
+    return len(result.inserted_ids), 0
+
+
+class RawSink:
+    def __init__(self, settings: Settings, consumer: Consumer, db: Database[Document]) -> None:
+        self.settings, self.consumer = settings, consumer
+        self.readings = db["readings"]
+        self.dead_letters = db["dead_letters"]
+        self.mongo_up = True
+        self.retrying_since: float | None = None
+        self.last_write = time.monotonic()
+        self.written = self.duplicates = self.batches = 0
+        self._indexes_ready = False
+        self._last_lag = 0.0
+
+    def ensure_indexes(self) -> None:
+        self.readings.create_index([("device_id", ASCENDING), ("sensor", ASCENDING),
+                                    ("ts", ASCENDING)], name="device_sensor_ts")
+        self.readings.create_index([("ts", ASCENDING)], name="ts")
+        self.dead_letters.create_index([("reason", ASCENDING), ("received_at", DESCENDING)],
+                                       name="reason_received_at")
+        self.dead_letters.create_index([("received_at", DESCENDING)], name="received_at")
+        self._indexes_ready = True
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        stuck_s = 0.0 if self.retrying_since is None else time.monotonic() - self.retrying_since
+        return self.mongo_up, {"mongo_up": self.mongo_up, "retrying_s": round(stuck_s, 1),
+                               "written": self.written, "duplicates": self.duplicates}
+
+    def run(self, stop: threading.Event) -> None:
+        topics = [self.settings.kafka_topic_readings, self.settings.kafka_topic_dlq]
+        self.consumer.subscribe(topics)
+        log.info("sink started", extra={"topics": topics,
+                                        "group": self.settings.bridge_sink_group})
+        wait_s = self.settings.bridge_sink_batch_wait_ms / 1000
+        try:
+            while not stop.is_set():
+                self._step(wait_s, stop)
+                self._report_lag()
+            # What the forwarder flushed on its way out is written too, within bounds.
+            deadline = time.monotonic() + self.settings.bridge_shutdown_timeout_s
+            while time.monotonic() < deadline and self.mongo_up and self._step(1.0, stop):
+                pass
+        finally:
+            self.consumer.close()
+            log.info("sink stopped", extra={"written": self.written,
+                                            "duplicates": self.duplicates,
+                                            "batches": self.batches})
+
+    def _step(self, wait_s: float, stop: threading.Event) -> bool:
+        """One batch: consume, write, commit. False when there was nothing to read."""
+        messages = self.consumer.consume(self.settings.bridge_sink_batch_size, wait_s)
+        if not messages:
+            return False
+        batch = build_batch(messages, self.settings.kafka_topic_readings)
+        if self._write_until_done(batch, stop):
+            self._commit(batch)
+        return True
+
+    def _write_until_done(self, batch: Batch, stop: threading.Event) -> bool:
+        backoff = 0.5
+        while True:
+            try:
+                self._write(batch)
+            except PyMongoError as exc:
+                self._mark_down(exc)
+                if stop.wait(0):
+                    log.warning("sink stopping with an unwritten batch; it is not committed",
+                                extra={"records": batch.records})
+                    return False
+                self._wait_paused(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                continue
+            self._mark_up()
+            return True
+
+    def _write(self, batch: Batch) -> None:
+        if not self._indexes_ready:
+            self.ensure_indexes()
+        started = time.perf_counter()
+        for name, collection, docs in (("readings", self.readings, batch.readings),
+                                       ("dead_letters", self.dead_letters, batch.dead_letters)):
+            inserted, duplicates = insert_idempotent(collection, docs)
+            metrics.SINK_DOCUMENTS.labels(name).inc(inserted)
+            if duplicates:
+                metrics.SINK_DUPLICATES.labels(name).inc(duplicates)
+            self.written += inserted
+            self.duplicates += duplicates
+        metrics.SINK_WRITE_LATENCY.observe(time.perf_counter() - started)
+        metrics.SINK_BATCH_SIZE.observe(batch.records)
+        self.batches += 1
+        self.last_write = time.monotonic()
+
+    def _wait_paused(self, seconds: float) -> None:
+        """Keep the group membership alive without taking new records: anything
+        a poll returns (e.g. a partition assigned meanwhile) is rewound."""
+        assignment = self.consumer.assignment()
+        self.consumer.pause(assignment)
+        try:
+            msg = self.consumer.poll(seconds)
+            if msg is not None and msg.error() is None:
+                self.consumer.seek(TopicPartition(str(msg.topic()), int(msg.partition() or 0),
+                                                  int(msg.offset() or 0)))
+        finally:
+            self.consumer.resume(assignment)
+
+    def _commit(self, batch: Batch) -> None:
+        offsets = [TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # Partitions moved to another member mid-batch: it rereads them,
+            # and the duplicate-key no-ops make that harmless.
+            log.warning("offset commit failed; records will be read again",
+                        extra={"error": str(exc)})
+
+    def _mark_down(self, exc: PyMongoError) -> None:
+        if self.mongo_up:
+            self.mongo_up = False
+            self.retrying_since = time.monotonic()
+            metrics.SINK_MONGO_UP.set(0)
+            log.error("mongodb write failed; holding the batch and retrying",
+                      extra={"error": str(exc)[:500]})
+
+    def _mark_up(self) -> None:
+        if not self.mongo_up and self.retrying_since is not None:
+            log.info("mongodb writes resumed",
+                     extra={"down_s": round(time.monotonic() - self.retrying_since, 1)})
+        self.mongo_up, self.retrying_since = True, None
+        metrics.SINK_MONGO_UP.set(1)
+
+    def _report_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._last_lag < _LAG_INTERVAL_S:
+            return
+        self._last_lag = now
+        lag = 0
+        try:
+            for tp in self.consumer.position(self.consumer.assignment()):
+                _, high = self.consumer.get_watermark_offsets(tp, timeout=1.0, cached=False)
+                lag += max(0, high - tp.offset) if tp.offset >= 0 else 0
+        except KafkaException:
+            return  # lag is a nicety; Kafka trouble shows elsewhere
+        metrics.SINK_LAG.set(lag)
