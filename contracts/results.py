@@ -33,18 +33,23 @@ class ScoredResult:
     sensor: str
     ts_ns: int
     value: float
-    yhat: float
-    yhat_lower: float
-    yhat_upper: float
-    model: ModelStamp
+    yhat: float | None
+    yhat_lower: float | None
+    yhat_upper: float | None
+    # None: no model serves this sensor; the reading passes through unscored.
+    model: ModelStamp | None
     scored_at_ns: int
+    # Which part of the reading was scored: "value", an axis name, or "magnitude".
+    field: str = "value"
 
     @property
-    def residual(self) -> float:
-        return self.value - self.yhat
+    def residual(self) -> float | None:
+        return None if self.yhat is None else self.value - self.yhat
 
     @property
     def anomaly(self) -> bool:
+        if self.yhat_lower is None or self.yhat_upper is None:
+            return False
         return not (self.yhat_lower <= self.value <= self.yhat_upper)
 
     def to_dict(self) -> dict[str, Any]:
@@ -54,13 +59,14 @@ class ScoredResult:
             "sensor": self.sensor,
             "ts": ns_to_iso(self.ts_ns),
             "ts_ns": self.ts_ns,
+            "field": self.field,
             "value": self.value,
             "yhat": self.yhat,
             "yhat_lower": self.yhat_lower,
             "yhat_upper": self.yhat_upper,
             "residual": self.residual,
             "anomaly": self.anomaly,
-            "model": self.model.to_dict(),
+            "model": None if self.model is None else self.model.to_dict(),
             "scored_at": ns_to_iso(self.scored_at_ns),
         }
 

@@ -79,6 +79,16 @@ class Settings(BaseSettings):
     worker_group: str = "model-worker"
     worker_batch_size: int = Field(2000, ge=1)
     worker_batch_wait_ms: int = Field(100, ge=0)
+    worker_model_poll_s: float = Field(1.0, gt=0)
+    # Which field of a multi-axis reading to score, per sensor, e.g. {"accelerometer": "z"};
+    # sensors not listed are scored on their magnitude.
+    worker_score_fields: dict[str, str] = Field(default_factory=dict)
+    # Interval grid step: Prophet's sampled interval is computed once per step and interpolated.
+    worker_interval_grid_s: int = Field(3600, ge=60)
+    # Names the Kafka transactional producer; must differ between concurrent workers and stay
+    # the same across a restart (so the restart aborts the dead process's open transaction).
+    # Empty: "{worker_group}-{hostname}".
+    worker_instance_id: str = ""
 
     # --- edge simulator ---
     simulator_http_port: int = Field(8103, ge=0, le=65535)

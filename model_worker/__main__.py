@@ -1,0 +1,182 @@
+"""`python -m model_worker` runs the worker; `train` and `make-demo-model`
+fit Prophet models (see `--help`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from contracts.clients import (
+    ensure_topics,
+    kafka_consumer,
+    kafka_producer,
+    mongo_client,
+    mqtt_client,
+    mqtt_connect,
+)
+from contracts.errors import EdgepipeError
+from contracts.logs import configure_logging
+from contracts.ops import OpsServer, stop_on_signals
+from contracts.settings import Settings, get_settings
+from model_worker import train
+from model_worker.loop import TRANSACTION_TIMEOUT_S, WorkerLoop
+from model_worker.registry import ModelRegistry
+from model_worker.scoring_stage import ScoringStage
+
+log = logging.getLogger("model_worker")
+MQTT_MAX_INFLIGHT = 1000
+
+
+def run(settings: Settings) -> None:
+    stop = stop_on_signals()
+    registry = ModelRegistry(settings.model_path, settings.model_trust_pickle,
+                             settings.worker_interval_grid_s, settings.worker_model_poll_s)
+    registry.refresh()
+    if not registry.current():
+        log.warning("no model loaded yet: readings pass through with model null",
+                    extra={"model_path": str(settings.model_path)})
+    registry.start()
+
+    instance = settings.worker_instance_id or f"{settings.worker_group}-{socket.gethostname()}"
+    ensure_topics(settings, [settings.kafka_topic_readings, settings.kafka_topic_dlq,
+                             settings.kafka_topic_analytics])
+    consumer = kafka_consumer(settings, settings.worker_group)
+    producer = kafka_producer(settings, **{
+        "transactional.id": instance,
+        "transaction.timeout.ms": int(TRANSACTION_TIMEOUT_S * 1000),
+        "linger.ms": 20, "batch.num.messages": 10_000})
+    mongo = mongo_client(settings)
+    db = mongo[settings.mongo_db]
+    mqtt = mqtt_client(settings, client_id=f"edgepipe-worker-{instance}")
+    mqtt.max_inflight_messages_set(MQTT_MAX_INFLIGHT)
+    mqtt_connect(mqtt, settings)
+    mqtt.loop_start()
+
+    stages = [
+        ScoringStage(registry, producer, db, mqtt,
+                     analytics_topic=settings.kafka_topic_analytics,
+                     mqtt_topic=settings.mqtt_results_topic,
+                     score_fields=settings.worker_score_fields),
+    ]
+    loop = WorkerLoop(consumer, producer, stages, db, topic=settings.kafka_topic_readings,
+                      dlq_topic=settings.kafka_topic_dlq,
+                      batch_size=settings.worker_batch_size,
+                      batch_wait_s=settings.worker_batch_wait_ms / 1000,
+                      score_fields=settings.worker_score_fields)
+
+    def ready() -> tuple[bool, dict[str, Any]]:
+        models = registry.current()
+        details: dict[str, Any] = {
+            "models": {n: m.stamp.to_dict() for n, m in models.items()},
+            "model_load_errors": [{"path": f.path, "error": f.error} for f in
+                                  registry.failures()],
+            "mqtt": mqtt.is_connected(),
+        }
+        try:
+            producer.list_topics(timeout=2)
+            details["kafka"] = True
+        except Exception as exc:  # any failure reads as unreachable
+            details["kafka"] = f"unreachable: {exc}"
+        try:
+            mongo.admin.command("ping")
+            details["mongo"] = True
+        except Exception as exc:
+            details["mongo"] = f"unreachable: {exc}"
+        ok = bool(models) and all(details[k] is True for k in ("mqtt", "kafka", "mongo"))
+        return ok, details
+
+    ops = OpsServer("0.0.0.0", settings.worker_http_port, ready).start()
+    log.info("model worker started", extra={
+        "topic": settings.kafka_topic_readings, "group": settings.worker_group,
+        "instance": instance, "ops_port": ops.port, "model_path": str(settings.model_path)})
+    try:
+        loop.run(stop)
+    finally:
+        registry.stop()
+        mqtt.loop_stop()
+        mqtt.disconnect()
+        mongo.close()
+        ops.stop()
+        log.info("model worker stopped", extra={"committed_events": loop.committed_events})
+
+
+def run_train(settings: Settings, args: argparse.Namespace) -> None:
+    if args.csv:
+        frame = train.frame_from_csv(Path(args.csv))
+    else:
+        query: dict[str, Any] = {"sensor": args.sensor}
+        if args.device:
+            query["device_id"] = args.device
+        if args.since:
+            query["ts"] = {"$gte": datetime.now(UTC) - train.parse_since(args.since)}
+        with mongo_client(settings) as client:
+            documents = list(client[settings.mongo_db]["readings"].find(query))
+        frame = train.frame_from_documents(documents, settings.worker_score_fields)
+    model, report = train.fit_prophet(frame)
+    train.save_model(model, Path(args.out), args.format)
+    print(f"fitted {report.rows} rows in {report.fit_s:.1f}s; held-back tail of "
+          f"{report.holdout_rows}: MAE {report.holdout_mae:.4g}, "
+          f"interval coverage {report.holdout_coverage:.1%}; saved {args.out}")
+    if args.plot:
+        train.plot_forecast(model, frame, Path(args.plot), f"{args.sensor}: actual vs forecast")
+        print(f"plot written to {args.plot}")
+
+
+def run_make_demo(args: argparse.Namespace) -> None:
+    started = time.perf_counter()
+    frame = train.demo_frame()
+    model, report = train.fit_prophet(frame)
+    train.save_model(model, Path(args.out), "json" if args.out.endswith(".json") else "joblib")
+    print(f"demo model written to {args.out} ({report.rows} rows, held-back MAE "
+          f"{report.holdout_mae:.3f}, coverage {report.holdout_coverage:.0%}, "
+          f"{time.perf_counter() - started:.1f}s)")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m model_worker", description=__doc__)
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("run", help="run the worker (the default)")
+    fit = commands.add_parser("train", help="fit Prophet on stored readings or a CSV")
+    source = fit.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from-mongo", action="store_true", help="readings in MongoDB")
+    source.add_argument("--csv", help="CSV with columns ds,y (or ts,value)")
+    fit.add_argument("--sensor", required=True)
+    fit.add_argument("--device", help="only this device's readings")
+    fit.add_argument("--since", help="only readings this recent, e.g. 7d, 12h")
+    fit.add_argument("--out", required=True, help="models/{sensor}.json or .joblib")
+    fit.add_argument("--format", choices=("json", "joblib"), default=None)
+    fit.add_argument("--plot", help="write a PNG of actual vs forecast here")
+    demo = commands.add_parser("make-demo-model", help="fit a small Prophet on synthetic data")
+    demo.add_argument("--out", default="models/default.json")
+    args = parser.parse_args(argv)
+    if args.command == "train" and args.format is None:
+        args.format = "joblib" if args.out.endswith((".joblib", ".pkl")) else "json"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    settings = get_settings()
+    configure_logging("model_worker", settings.log_level,
+                      settings.log_format if args.command in (None, "run") else "text")
+    try:
+        if args.command == "train":
+            run_train(settings, args)
+        elif args.command == "make-demo-model":
+            run_make_demo(args)
+        else:
+            run(settings)
+    except EdgepipeError as exc:
+        log.error("model worker cannot continue", extra={"error": str(exc)})
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
