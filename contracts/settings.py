@@ -92,6 +92,23 @@ class Settings(BaseSettings):
 
     # --- edge simulator ---
     simulator_http_port: int = Field(8103, ge=0, le=65535)
+    simulator_http_enabled: bool = True
+    simulator_devices: int = Field(1, ge=1)
+    simulator_device_prefix: str = ""  # empty: the host name, so compose replicas differ
+    simulator_rate_hz: float = Field(1.0, gt=0)
+    simulator_jitter: float = Field(0.1, ge=0, le=1)
+    simulator_source: Literal["synthetic", "csv"] = "synthetic"
+    simulator_format: Literal["sensors", "sensor-logger", "image"] = "sensors"
+    # Empty: temperature,humidity (for sensor-logger: accelerometer,gyroscope,barometer)
+    simulator_sensors: str = ""
+    simulator_csv_path: Path | None = None
+    simulator_seed: int | None = None
+    simulator_anomaly_rate: float = Field(0.0, ge=0, le=1)
+    simulator_topic_prefix: str = ""
+    simulator_outbox_limit: int = Field(10_000, ge=1)
+    simulator_inflight_window: int = Field(20, ge=1, le=65535)
+    simulator_drain_timeout_s: float = Field(10.0, ge=0)
+    simulator_progress_interval_s: float = Field(10.0, gt=0)
 
     # --- API ---
     api_host: str = "127.0.0.1"
