@@ -90,6 +90,17 @@ class Settings(BaseSettings):
     # Empty: "{worker_group}-{hostname}".
     worker_instance_id: str = ""
 
+    # Stream analytics (model_worker.analytics): tumbling windows on event time, aligned to
+    # the epoch. Readings later than grace but within the allowed lateness (both past the
+    # window's end) revise a closed window; later ones are counted and logged, not applied.
+    analytics_window_sizes_s: list[int] = [10, 60, 3600]
+    analytics_grace_ms: int = Field(1000, ge=0)
+    analytics_allowed_lateness_s: int = Field(60, ge=0)
+    # Wall-clock seconds without readings after which a series' open windows are emitted.
+    analytics_idle_timeout_s: float = Field(30.0, gt=0)
+    analytics_mqtt_window_topic: str = "analytics/{device_id}/{sensor}/window"
+    analytics_mqtt_stats_topic: str = "analytics/{device_id}/{sensor}/stats"
+
     # --- edge simulator ---
     simulator_http_port: int = Field(8103, ge=0, le=65535)
     simulator_http_enabled: bool = True
@@ -113,6 +124,17 @@ class Settings(BaseSettings):
     # --- API ---
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
+    api_ingest_token: SecretStr = SecretStr("edgepipe-local")  # empty: ingest needs no token
+    api_page_limit_default: int = Field(100, ge=1)
+    api_page_limit_max: int = Field(1000, ge=1)
+    api_max_range_days: int = Field(366, ge=1)
+    api_stream_poll_ms: int = Field(250, ge=10)
+    api_stream_heartbeat_s: float = Field(15.0, gt=0)
+    api_stream_queue_size: int = Field(1000, ge=1)
+    api_stream_overlap_s: float = Field(5.0, ge=0)  # re-read this far back: writers commit late
+    api_dashboard_window_s: int = Field(60, ge=5)
+    api_dashboard_std_k: float = Field(3.0, gt=0)
+    api_ingest_timeout_s: float = Field(30.0, gt=0)
 
     # --- mongo-express (browse) ---
     mongo_express_port: int = Field(8081, ge=1, le=65535)
