@@ -104,14 +104,20 @@ def require(document: dict[str, Any], name: str, what: str) -> Any:
 
 
 def ident(kind: str, value: object) -> str:
-    """A device id, sensor or field name (no wildcards, `$` or `.`: they become
-    MQTT topic levels and MongoDB keys)."""
+    """A device id or sensor name (they become MQTT topic levels and filter values)."""
     if not isinstance(value, str):
         raise DecodeError("wrong_type", f"{kind} must be a string, got {_json_type(value)}")
     try:
         check_id(kind, value)
     except SchemaError as exc:
         raise DecodeError("bad_id", str(exc)) from exc
+    return value
+
+
+def field_name(kind: str, value: str) -> str:
+    """A name that becomes a MongoDB key inside `values`: an id without `.`,
+    which MongoDB would read as a path."""
+    ident(kind, value)
     if "." in value:
         raise DecodeError("bad_id", f"{kind} {value!r} contains '.'")
     return value
@@ -127,7 +133,7 @@ def number(kind: str, value: object) -> float:
 
 def number_map(kind: str, values: dict[str, Any]) -> dict[str, float]:
     """Axis name -> finite float, every key a valid field name."""
-    return {ident(f"{kind} field", name): number(f"{kind}.{name}", value)
+    return {field_name(f"{kind} field", name): number(f"{kind}.{name}", value)
             for name, value in values.items()}
 
 

@@ -200,6 +200,12 @@ def test_ids_from_the_topic_are_checked(fields: dict[str, str], reason: str) -> 
     assert reason_of(SENSORS, b'{"ts": 1714564800, "value": 1}', fields) == reason
 
 
+def test_dots_are_fine_in_ids_but_not_in_axis_names() -> None:
+    assert reading({"ts": 1714564800, "value": 1}, device="plant.line-2").device_id == \
+        "plant.line-2"
+    assert reason_of(SENSORS, b'{"ts": 1714564800, "value": {"a.b": 1}}') == "bad_id"
+
+
 def test_size_is_checked_before_parsing() -> None:
     # Not JSON at all, yet the size is what is reported.
     assert reason_of(SENSORS, b"\xff" * (LIMIT + 1)) == "too_large"

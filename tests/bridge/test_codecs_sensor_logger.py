@@ -8,11 +8,13 @@ from typing import Any
 
 import orjson
 import pytest
+from pymongo import MongoClient
 
 from bridge.codecs import DECODE_REASONS, decode
 from bridge.routes import Route
 from contracts.errors import DecodeError
 from contracts.events import Reading, Source, make_event_id
+from contracts.settings import Settings
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 LOGGER = Route("sensor-logger", "sensor-logger", "sensor_logger", "readings")
@@ -189,3 +191,15 @@ def test_one_bad_entry_rejects_the_message_with_its_index() -> None:
         run(document)
     assert error.value.reason == "wrong_type"
     assert "light.lux" in str(error.value)
+
+
+def test_every_sensor_kind_is_stored_by_the_mongodb_wire_server(
+        mongo: MongoClient[dict[str, Any]], settings: Settings) -> None:
+    readings = run(batch_document())
+    collection = mongo[settings.mongo_db]["readings"]
+    collection.insert_many([r.to_document() for r in readings], ordered=False)
+    stored = {doc["sensor"]: doc for doc in collection.find({})}
+    assert len(stored) == len(readings) == 14
+    assert stored["accelerometer"]["ts_ns"] == 1698501144401773123  # int64 exact in BSON
+    assert stored["barometer"]["values"]["relativeAltitude"] == 0.1234
+    assert stored["battery"]["value"] == 0.87

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import pytest
+from pymongo import MongoClient
+from pymongo.errors import DuplicateKeyError
 
 from contracts.dead_letters import MAX_STORED_PAYLOAD_BYTES, DeadLetter
 from contracts.errors import SchemaError
+from contracts.settings import Settings
 
 PAYLOAD = b'{"ts": "yesterday", "value": \xff}'
 
@@ -74,3 +78,16 @@ def test_oversized_payloads_are_cut_but_keep_their_id_and_size() -> None:
 def test_malformed_records_raise_schema_error(value: bytes) -> None:
     with pytest.raises(SchemaError):
         DeadLetter.from_json(value)
+
+
+def test_a_redelivered_dead_letter_is_one_document_in_mongodb(
+        mongo: MongoClient[dict[str, Any]], settings: Settings) -> None:
+    collection = mongo[settings.mongo_db]["dead_letters"]
+    first, redelivered = letter(received_at_ns=1), letter(received_at_ns=2)
+    collection.insert_one(first.to_document())
+    with pytest.raises(DuplicateKeyError):
+        collection.insert_one(redelivered.to_document())
+    stored = collection.find_one({"_id": first.id})
+    assert stored is not None
+    assert collection.count_documents({}) == 1
+    assert DeadLetter.from_dict(stored) == first
