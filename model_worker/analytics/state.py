@@ -121,7 +121,9 @@ class SeriesState:
     fields: dict[str, FieldState] = dataclass_field(default_factory=dict)
 
     def to_state(self) -> dict[str, Any]:
-        seen = [[start, np.fromiter(hashes, dtype=np.uint64, count=len(hashes)).tobytes()]
+        # Objects, not [start, blob] pairs: FerretDB stores no nested arrays.
+        seen = [{"start_ns": start,
+                 "hashes": np.fromiter(hashes, dtype=np.uint64, count=len(hashes)).tobytes()}
                 for start, hashes in self.seen.items()]
         return {"device_id": self.device_id, "sensor": self.sensor,
                 "stream_ns": self.stream_ns, "seen": seen,
@@ -130,8 +132,9 @@ class SeriesState:
     @classmethod
     def from_state(cls, doc: dict[str, Any], partition: int, now_ns: int) -> SeriesState:
         series = cls(doc["device_id"], doc["sensor"], partition, int(doc["stream_ns"]), now_ns)
-        for start, blob in doc["seen"]:
-            series.seen[int(start)] = set(np.frombuffer(bytes(blob), dtype=np.uint64).tolist())
+        for entry in doc["seen"]:
+            series.seen[int(entry["start_ns"])] = set(
+                np.frombuffer(bytes(entry["hashes"]), dtype=np.uint64).tolist())
         for fdoc in doc["fields"]:
             state = FieldState(series.device_id, series.sensor, fdoc["field"],
                                Moments.from_dict(fdoc["stats"]), int(fdoc["first_ts_ns"]),
