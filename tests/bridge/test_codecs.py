@@ -80,6 +80,16 @@ def test_json_reading_axes() -> None:
     assert r.values == {"x": 1.0, "y": -2.5, "z": 9.81}
 
 
+def test_axes_may_come_as_values_too() -> None:
+    r = reading({"ts": 1714564800, "values": {"x": 1, "y": 2}})
+    assert (r.value, r.values) == (None, {"x": 1.0, "y": 2.0})
+    both = reading({"ts": 1714564800, "value": 3, "values": {"x": 1}})
+    assert (both.value, both.values) == (3.0, {"x": 1.0})
+    assert reason_of(SENSORS, b'{"ts": 1714564800, "value": {"x": 1}, "values": {"y": 2}}') \
+        == "wrong_type"
+    assert reason_of(SENSORS, b'{"ts": 1714564800, "values": 5}') == "wrong_type"
+
+
 def test_sample_readings_file_decodes() -> None:
     lines = (DATA / "json_readings.jsonl").read_bytes().splitlines()
     readings = [reading(line) for line in lines]
