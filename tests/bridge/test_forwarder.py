@@ -1,0 +1,150 @@
+"""The forwarder's ack bookkeeping, driven directly: a fake MQTT client records
+PUBACKs and a fake producer holds deliveries until the test releases them.
+(The same paths run against the real services in test_bridge_e2e.py.)"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import paho.mqtt.client as mqtt
+import pytest
+from confluent_kafka import KafkaError, Message
+
+from bridge.forwarder import Forwarder, subscription_filters
+from bridge.kafka_health import KafkaHealth
+from bridge.routes import load_routes
+from contracts.settings import Settings, get_settings
+
+PREFIX = "t/unit/"
+
+
+class FakeClient:
+    """Stands in for paho: records acks, ignores callbacks wiring."""
+
+    def __init__(self) -> None:
+        self.acks: list[tuple[int, int]] = []
+
+    def ack(self, mid: int, qos: int) -> None:
+        self.acks.append((mid, qos))
+
+
+class FakeProducer:
+    """Keeps each produced record with its delivery callback until `deliver`."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes, bytes | None, Any, Callable[..., None]]] = []
+
+    def produce(self, topic: str, value: bytes, key: bytes | None = None, *,
+                headers: Any = None, on_delivery: Callable[..., None]) -> None:
+        self.records.append((topic, value, key, headers, on_delivery))
+
+    def deliver(self, index: int, error: KafkaError | None = None) -> None:
+        topic, value, key, headers, callback = self.records[index]
+        callback(error, Message(topic=topic, value=value, key=key, headers=headers))
+
+
+@pytest.fixture
+def parts() -> tuple[Forwarder, FakeClient, FakeProducer, Settings]:
+    settings = get_settings().model_copy(update={"kafka_topic_dlq": "dlq"})
+    routes = load_routes(settings, topic_prefix=PREFIX)
+    client, producer = FakeClient(), FakeProducer()
+    forwarder = Forwarder(settings, routes, client, producer, KafkaHealth(),  # type: ignore[arg-type]
+                          (PREFIX + "sensors/#",))
+    return forwarder, client, producer, settings
+
+
+def message(topic: str, payload: bytes, mid: int, qos: int = 1) -> mqtt.MQTTMessage:
+    msg = mqtt.MQTTMessage(mid=mid, topic=topic.encode())
+    msg.payload, msg.qos = payload, qos
+    return msg
+
+
+def sensor_logger_batch(entries: int) -> bytes:
+    now_ns = time.time_ns()
+    return orjson.dumps({"messageId": 7, "sessionId": "s", "deviceId": "phone1", "payload": [
+        {"name": "accelerometer", "time": now_ns + i, "values": {"x": 1.0, "y": 2.0, "z": i}}
+        for i in range(entries)]})
+
+
+def test_subscriptions_drop_filters_a_catch_all_covers() -> None:
+    filters = subscription_filters(["a/sensors/+/+", "a/sensor-logger", "a/Image"],
+                                   ("a/sensors/#",))
+    assert filters == ["a/sensor-logger", "a/Image", "a/sensors/#"]
+    assert subscription_filters(["x/+/y", "x/a/y", "x/a"]) == ["x/+/y", "x/a"]
+    assert subscription_filters(["x/#", "x"]) == ["x/#"]
+
+
+def test_batch_is_acked_once_after_its_last_delivery(parts: Any) -> None:
+    forwarder, client, producer, _ = parts
+    forwarder._on_message(client, None, message(PREFIX + "sensor-logger",
+                                                sensor_logger_batch(5), mid=11))
+    assert len(producer.records) == 5
+    assert all(topic == forwarder.settings.kafka_topic_readings
+               for topic, *_ in producer.records)
+    for index in range(4):
+        producer.deliver(index)
+    assert client.acks == [], "acked before Kafka had every reading of the message"
+    assert forwarder.in_flight == 1
+    producer.deliver(4)
+    assert client.acks == [(11, 1)]
+    assert forwarder.in_flight == 0
+
+
+def test_failed_delivery_is_produced_again_and_not_acked(parts: Any) -> None:
+    forwarder, client, producer, _ = parts
+    payload = orjson.dumps({"ts": time.time(), "value": 1.5})
+    forwarder._on_message(client, None, message(PREFIX + "sensors/d1/temp", payload, mid=3))
+    producer.deliver(0, KafkaError(KafkaError._MSG_TIMED_OUT))
+    assert client.acks == []
+    forwarder._retries[0] = (0.0, *forwarder._retries[0][1:])  # due now instead of in 1 s
+    forwarder._produce_due_retries()
+    assert len(producer.records) == 2
+    assert orjson.loads(producer.records[1][1])["value"] == 1.5
+    producer.deliver(1)
+    assert client.acks == [(3, 1)]
+
+
+def test_empty_test_push_is_acked_at_once(parts: Any) -> None:
+    forwarder, client, producer, _ = parts
+    push = orjson.dumps({"messageId": 0, "sessionId": "s", "deviceId": "p", "payload": []})
+    forwarder._on_message(client, None, message(PREFIX + "sensor-logger", push, mid=5))
+    assert producer.records == []
+    assert client.acks == [(5, 1)]
+
+
+def test_bad_input_goes_to_the_dlq_and_is_acked_after_kafka(parts: Any) -> None:
+    forwarder, client, producer, _ = parts
+    forwarder._on_message(client, None, message(PREFIX + "sensors/d1", b"{}", mid=8))
+    forwarder._on_message(client, None, message(PREFIX + "sensors/d1/t", b"\xff", mid=9))
+    letters = [orjson.loads(value) for _, value, *_ in producer.records]
+    assert [topic for topic, *_ in producer.records] == ["dlq", "dlq"]
+    assert [(d["reason"], d["route"]) for d in letters] == [("no_route", None),
+                                                            ("not_utf8", "sensors")]
+    assert client.acks == []
+    producer.deliver(0)
+    producer.deliver(1)
+    assert client.acks == [(8, 1), (9, 1)]
+
+
+def test_headers_carry_the_mqtt_metadata(parts: Any) -> None:
+    forwarder, client, producer, _ = parts
+    msg = message(PREFIX + "sensors/d1/temp", orjson.dumps({"ts": time.time(), "value": 2}), 4)
+    msg.retain = True
+    forwarder._on_message(client, None, msg)
+    _, _, key, headers, _ = producer.records[0]
+    assert key == b"d1"
+    as_dict = dict(headers)
+    assert as_dict["mqtt_topic"] == (PREFIX + "sensors/d1/temp").encode()
+    assert (as_dict["mqtt_qos"], as_dict["mqtt_retain"]) == (b"1", b"1")
+    assert (as_dict["route"], as_dict["codec"]) == (b"sensors", b"json_reading")
+    assert int(as_dict["received_at_ns"]) > 0
+
+
+def test_messages_after_stop_are_left_for_redelivery(parts: Any) -> None:
+    forwarder, client, producer, _ = parts
+    forwarder.accepting = False
+    forwarder._on_message(client, None, message(PREFIX + "sensors/d1/t", b"{}", mid=1))
+    assert producer.records == [] and client.acks == []
