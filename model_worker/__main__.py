@@ -50,6 +50,7 @@ def run(settings: Settings) -> None:
     producer = kafka_producer(settings, **{
         "transactional.id": instance,
         "transaction.timeout.ms": int(TRANSACTION_TIMEOUT_S * 1000),
+        "message.timeout.ms": int(TRANSACTION_TIMEOUT_S * 1000),
         "linger.ms": 20, "batch.num.messages": 10_000})
     mongo = mongo_client(settings)
     db = mongo[settings.mongo_db]
