@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -77,7 +77,6 @@ class Subscriber:
     filter: StreamFilter
     queue: asyncio.Queue[dict[str, Any]]
     overflowed: bool = False
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class StreamHub:
@@ -164,7 +163,6 @@ class StreamHub:
                 sub.queue.put_nowait(doc)
             except asyncio.QueueFull:
                 sub.overflowed = True
-            sub.wakeup.set()
 
     async def replay(self, stream_filter: StreamFilter,
                      after: Cursor) -> AsyncIterator[dict[str, Any]]:

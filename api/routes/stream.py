@@ -49,7 +49,8 @@ async def _events(hub: StreamHub, flt: StreamFilter, last: Cursor | None,
                         replayed.add(cursor[1])
                     STREAM_EVENTS.inc()
                     yield _event(doc, last)
-            while not sub.overflowed:
+            # After an overflow, send what was queued, then read the rest from MongoDB.
+            while not (sub.overflowed and sub.queue.empty()):
                 try:
                     doc = await asyncio.wait_for(sub.queue.get(), heartbeat_s)
                 except TimeoutError:

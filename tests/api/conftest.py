@@ -1,0 +1,143 @@
+"""Fixtures of the API tests: an app against the test's own MongoDB database
+(in-process TestClient, or uvicorn on a free port for streaming and the
+browser), and a `store` that writes readings, windows and scored results the
+way the bridge, stream analytics and the model worker do."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+from pymongo import MongoClient
+
+from api.main import create_app
+from contracts.events import NS_PER_S, Reading, make_event_id
+from contracts.results import ModelStamp, ScoredResult
+from contracts.settings import Settings
+from contracts.windows import MAGNITUDE_FIELD, SCALAR_FIELD, Moments, WindowRecord
+
+SIZES = (10, 60, 3600)
+
+
+def reading_fields(reading: Reading) -> list[tuple[str, float]]:
+    """The series a reading feeds, as stream analytics defines them."""
+    fields: list[tuple[str, float]] = []
+    if reading.value is not None:
+        fields.append((SCALAR_FIELD, reading.value))
+    if reading.values:
+        fields.extend(reading.values.items())
+        fields.append((MAGNITUDE_FIELD, sum(v * v for v in reading.values.values()) ** 0.5))
+    return fields
+
+
+def windows_for(readings: list[Reading], sizes: tuple[int, ...] = SIZES,
+                closed_before_ns: int | None = None) -> list[WindowRecord]:
+    """Tumbling windows over the readings; windows ending after `closed_before_ns`
+    are still open, so stream analytics has not written them yet."""
+    found: dict[tuple[str, str, str, int, int], WindowRecord] = {}
+    for reading in readings:
+        for field_name, value in reading_fields(reading):
+            for size in sizes:
+                start = reading.ts_ns - reading.ts_ns % (size * NS_PER_S)
+                key = (reading.device_id, reading.sensor, field_name, size, start)
+                record = found.get(key)
+                if record is None:
+                    record = found[key] = WindowRecord(
+                        reading.device_id, reading.sensor, field_name, size, start, Moments(),
+                        reading.ts_ns, reading.ts_ns)
+                record.moments.add(value)
+                record.first_ts_ns = min(record.first_ts_ns, reading.ts_ns)
+                record.last_ts_ns = max(record.last_ts_ns, reading.ts_ns)
+    return [w for w in found.values()
+            if closed_before_ns is None or w.end_ns <= closed_before_ns]
+
+
+def make_reading(device: str, sensor: str, ts_ns: int, value: float | None = None,
+                 values: dict[str, float] | None = None) -> Reading:
+    return Reading(make_event_id(device, sensor, ts_ns), device, sensor, ts_ns, value=value,
+                   values=values, received_at_ns=ts_ns)
+
+
+def make_result(device: str, sensor: str, ts_ns: int, value: float, *, anomaly: bool = False,
+                scored_at_ns: int | None = None) -> ScoredResult:
+    band = (value + 5.0, value + 10.0) if anomaly else (value - 1.0, value + 1.0)
+    return ScoredResult(make_event_id(device, sensor, ts_ns), device, sensor, ts_ns, value,
+                        value + (7.5 if anomaly else 0.1), band[0], band[1],
+                        ModelStamp("test-model", "constant", "0123456789ab", ts_ns),
+                        scored_at_ns or time.time_ns())
+
+
+@dataclass
+class Store:
+    mongo: MongoClient[dict[str, Any]]
+    settings: Settings
+
+    @property
+    def db(self) -> Any:
+        return self.mongo[self.settings.mongo_db]
+
+    def readings(self, readings: list[Reading], *, windows: bool = True,
+                 closed_before_ns: int | None = None) -> None:
+        if readings:
+            self.db.readings.insert_many([r.to_document() for r in readings], ordered=False)
+        if windows and readings:
+            docs = [w.to_document() for w in windows_for(readings, SIZES, closed_before_ns)]
+            if docs:
+                self.db.windows.insert_many(docs, ordered=False)
+
+    def results(self, results: list[ScoredResult]) -> None:
+        self.db.analytics.insert_many([r.to_document() for r in results], ordered=False)
+
+    def clear(self) -> None:
+        for name in ("readings", "windows", "analytics", "stats"):
+            self.db[name].delete_many({})
+
+
+@pytest.fixture
+def api_settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={
+        "api_stream_heartbeat_s": 0.5, "api_stream_poll_ms": 100, "api_stream_overlap_s": 1.0,
+        "api_ingest_token": settings.api_ingest_token, "analytics_window_sizes_s": list(SIZES)})
+
+
+@pytest.fixture
+def store(mongo: MongoClient[dict[str, Any]], api_settings: Settings) -> Store:
+    return Store(mongo, api_settings)
+
+
+@pytest.fixture
+def client(store: Store, api_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(api_settings)) as test_client:
+        yield test_client
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def live_server(store: Store, api_settings: Settings) -> Iterator[str]:
+    """The app under uvicorn in a thread; yields its base URL."""
+    port = free_port()
+    config = uvicorn.Config(create_app(api_settings), host="127.0.0.1", port=port,
+                            log_level="warning", timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start within 20 s"
+        assert thread.is_alive(), "uvicorn exited at start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)

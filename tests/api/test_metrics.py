@@ -1,0 +1,182 @@
+"""`POST /compute/metrics` on the real MongoDB-wire server: the seed contract
+case by case, and equality with a direct computation over the raw readings."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from contracts.events import NS_PER_S, ns_to_iso
+
+from .conftest import Store, make_reading
+
+T0 = 1_763_769_600 * NS_PER_S  # 2025-11-22 00:00:00 UTC
+DAY = "2025-11-22"
+
+
+def direct(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"count": 0, "min": None, "max": None, "average": None, "sum": None, "std": None}
+    mean = math.fsum(values) / len(values)
+    return {"count": len(values), "min": min(values), "max": max(values), "average": mean,
+            "sum": math.fsum(values),
+            "std": math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values))}
+
+
+def assert_close(got: dict[str, Any], want: dict[str, Any]) -> None:
+    for metric, expected in want.items():
+        if expected is None or metric in ("count", "min", "max"):
+            assert got[metric] == expected, metric
+        else:
+            assert got[metric] == pytest.approx(expected, rel=1e-9, abs=1e-9), metric
+
+
+@pytest.fixture
+def seeded(store: Store) -> list[Any]:
+    """Two devices, a scalar and a vector sensor, readings every 7.3 s over 3 h,
+    windows closed up to 2 h 30 (the last half hour only in raw readings)."""
+    rng = random.Random(7)
+    readings = []
+    for device in ("dev-a", "dev-b"):
+        for i in range(1480):
+            ts = T0 + int(i * 7.3 * NS_PER_S) + rng.randrange(NS_PER_S)
+            readings.append(make_reading(device, "temp", ts, value=rng.gauss(20, 3)))
+            readings.append(make_reading(device, "acc", ts, values={
+                "x": rng.gauss(0, 1), "y": rng.gauss(9.8, 1), "z": rng.gauss(0, 1)}))
+    store.readings(readings, closed_before_ns=T0 + 9000 * NS_PER_S)
+    return readings
+
+
+def values_of(readings: list[Any], sensor: str, start: int, end: int,
+              device: str | None = None, field: str | None = None) -> list[float]:
+    found = []
+    for r in readings:
+        if r.sensor != sensor or not start <= r.ts_ns < end:
+            continue
+        if device is not None and r.device_id != device:
+            continue
+        if field is None:
+            found.append(r.value if r.value is not None else r.magnitude())
+        else:
+            found.append(r.values[field])
+    return found
+
+
+def test_seed_shaped_request_matches_direct_computation(client: TestClient, seeded) -> None:
+    body = {"temp": ["count", "min", "max", "average", "sum", "std"],
+            "from": f"{DAY} 00:13:27", "to": f"{DAY} 02:51:03"}
+    response = client.post("/compute/metrics", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["errors"] == []
+    want = direct(values_of(seeded, "temp", T0 + 807 * NS_PER_S, T0 + 10263 * NS_PER_S))
+    assert want["count"] > 2000
+    assert_close(response.json()["result"]["temp"], want)
+
+
+def test_device_filter_axes_and_magnitude(client: TestClient, seeded) -> None:
+    start, end = T0 + 95 * NS_PER_S + 123, T0 + 7300 * NS_PER_S
+    body = {"acc": ["count", "mean", "std"], "acc.y": ["count", "min", "max", "mean"],
+            "device_id": "dev-b", "from": ns_to_iso(start), "to": str(end)}
+    result = client.post("/compute/metrics", json=body).json()["result"]
+    start_ms = start - start % 1_000_000  # ISO output keeps milliseconds
+    mag = direct(values_of(seeded, "acc", start_ms, end, "dev-b"))
+    axis = direct(values_of(seeded, "acc", start_ms, end, "dev-b", "y"))
+    assert_close(result["acc"], {k: mag[k] for k in ("count", "std")} | {"mean": mag["average"]})
+    assert_close(result["acc.y"], {k: axis[k] for k in ("count", "min", "max")}
+                 | {"mean": axis["average"]})
+
+
+def test_unknown_metric_and_key_are_reported_with_200(client: TestClient, seeded) -> None:
+    body = {"temp": ["count", "median"], "colour": "blue", "from": f"{DAY} 00:00:00",
+            "to": f"{DAY} 00:10:00"}
+    response = client.post("/compute/metrics", json=body)
+    assert response.status_code == 200
+    assert response.json()["errors"] == [
+        "Unexpected metric median to compute for the sensor temp",
+        "Unexpected key colour in the request body"]
+    assert response.json()["result"]["temp"]["count"] == len(
+        values_of(seeded, "temp", T0, T0 + 600 * NS_PER_S))
+
+
+@pytest.mark.parametrize("body", [
+    {"temp": ["median"], "from": f"{DAY} 00:00:00", "to": f"{DAY} 01:00:00"},
+    {"colour": "blue", "from": f"{DAY} 00:00:00", "to": f"{DAY} 01:00:00"},
+    {"from": f"{DAY} 00:00:00", "to": f"{DAY} 01:00:00"},
+])
+def test_nothing_valid_left_is_400_with_empty_result(client: TestClient, body) -> None:
+    response = client.post("/compute/metrics", json=body)
+    assert response.status_code == 400
+    assert response.json()["result"] == {}
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"temp": ["count"], "to": f"{DAY} 01:00:00"}, "missing 'from'"),
+    ({"temp": ["count"], "from": "22/11/2025", "to": f"{DAY} 01:00:00"}, "not a time"),
+    ({"temp": ["count"], "from": f"{DAY} 02:00:00", "to": f"{DAY} 01:00:00"},
+     "must not be after"),
+    ({"temp": ["count"], "from": "2020-01-01 00:00:00", "to": f"{DAY} 01:00:00"},
+     "longer than"),
+    ({"temp": ["count"], "from": f"{DAY} 00:00:00", "to": f"{DAY} 01:00:00",
+      "device_id": {"$gt": ""}}, "device_id must be a string"),
+])
+def test_bad_times_and_ids_are_400_with_a_message(client: TestClient, body, message) -> None:
+    response = client.post("/compute/metrics", json=body)
+    assert response.status_code == 400
+    assert message in response.json()["errors"][0]
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"[1, 2]", b'"text"', b""])
+def test_non_object_bodies_are_4xx_never_500(client: TestClient, raw: bytes) -> None:
+    response = client.post("/compute/metrics", content=raw,
+                           headers={"content-type": "application/json"})
+    assert 400 <= response.status_code < 500
+
+
+def test_empty_window_and_unknown_sensor_give_count_0_and_nulls(client: TestClient,
+                                                                seeded) -> None:
+    body = {"temp": ["count", "min", "max", "average", "std"], "nothing": ["count", "max"],
+            "from": "2025-11-23 00:00:00", "to": "2025-11-23 01:00:00"}
+    response = client.post("/compute/metrics", json=body)
+    assert response.status_code == 200
+    assert response.json()["result"] == {
+        "temp": {"count": 0, "min": None, "max": None, "average": None, "std": None},
+        "nothing": {"count": 0, "max": None}}
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(points=st.lists(st.tuples(st.integers(0, 7200 * 1000), st.floats(-1e6, 1e6),
+                                 st.sampled_from(["p", "q"])), max_size=60),
+       bounds=st.tuples(st.integers(-100_000, 7_300_000), st.integers(0, 7_400_000)),
+       closed_s=st.integers(0, 7300), device=st.sampled_from([None, "p"]))
+def test_property_metrics_equal_direct_computation(client: TestClient, store: Store, points,
+                                                   bounds, closed_s, device) -> None:
+    store.clear()
+    readings = {}
+    for offset_ms, value, dev in points:
+        r = make_reading(dev, "s", T0 + offset_ms * 1_000_000, value=value)
+        readings[r.event_id] = r
+    store.readings(list(readings.values()), closed_before_ns=T0 + closed_s * NS_PER_S)
+    start = T0 + bounds[0] * 1_000_000
+    end = start + bounds[1] * 1_000_000
+    body: dict[str, Any] = {"s": ["count", "min", "max", "average", "sum", "std"],
+                            "from": ns_to_iso(start), "to": ns_to_iso(end)}
+    if device:
+        body["device_id"] = device
+    response = client.post("/compute/metrics", json=body)
+    assert response.status_code == 200, response.text
+    want = direct(values_of(list(readings.values()), "s", start, end, device))
+    got = response.json()["result"]["s"]
+    for metric in ("count", "min", "max"):
+        assert got[metric] == want[metric]
+    for metric in ("average", "sum", "std"):
+        if want[metric] is None:
+            assert got[metric] is None
+        else:
+            assert got[metric] == pytest.approx(want[metric], rel=1e-6, abs=1e-6 * 1e6)
