@@ -1,0 +1,79 @@
+"""The train CLI: a model that loads and a PNG worth looking at."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from matplotlib import image
+from pymongo import MongoClient
+
+from contracts.events import Reading, make_event_id
+from contracts.settings import Settings
+from model_worker.models import load_model
+from model_worker.train import demo_frame
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run([sys.executable, "-m", "model_worker", *args], cwd=REPO,
+                          env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def assert_real_plot(path: Path) -> None:
+    assert path.stat().st_size > 20_000
+    pixels = image.imread(path)
+    assert pixels.shape[:2] == (500, 1200)
+    assert pixels[..., :3].std() > 0.05, "the plot is blank"
+
+
+def test_train_from_csv_saves_loadable_joblib_and_plot(tmp_path: Path) -> None:
+    csv = tmp_path / "temperature.csv"
+    demo_frame(days=2, step_min=10).to_csv(csv, index=False)
+    out = run_cli("train", "--csv", str(csv), "--sensor", "temperature",
+                  "--out", str(tmp_path / "temperature.joblib"), "--plot", str(tmp_path / "f.png"))
+    assert "interval coverage" in out
+    loaded = load_model(tmp_path / "temperature.joblib", trust_pickle=True, grid_step_s=3600,
+                        now_ns=time.time_ns())
+    assert loaded.stamp.kind == "prophet" and loaded.stamp.name == "temperature"
+    assert_real_plot(tmp_path / "f.png")
+
+
+@pytest.mark.services
+def test_train_from_mongo_saves_prophet_json(settings: Settings, tmp_path: Path,
+                                             mongo: MongoClient[dict[str, Any]]) -> None:
+    frame = demo_frame(days=2, step_min=10)
+    documents = []
+    for ds, y in zip(frame["ds"], frame["y"], strict=True):
+        ts_ns = int(ds.value)
+        documents.append(Reading(make_event_id("dev-1", "temperature", ts_ns), "dev-1",
+                                 "temperature", ts_ns, value=float(y)).to_document())
+    mongo[settings.mongo_db]["readings"].insert_many(documents)
+    run_cli("train", "--from-mongo", "--sensor", "temperature", "--device", "dev-1",
+            "--since", "30d", "--out", str(tmp_path / "temperature.json"),
+            "--plot", str(tmp_path / "m.png"), env={"MONGO_DB": settings.mongo_db})
+    loaded = load_model(tmp_path / "temperature.json", trust_pickle=False, grid_step_s=3600,
+                        now_ns=time.time_ns())
+    yhat, lower, upper = loaded.forecast(np.array([time.time_ns()], dtype=np.int64),
+                                         np.zeros(1))
+    assert lower[0] < yhat[0] < upper[0] and 15 < yhat[0] < 28  # near the data's 18-24 °C
+    assert_real_plot(tmp_path / "m.png")
+
+
+def test_make_demo_model_is_fast_and_loads(tmp_path: Path) -> None:
+    started = time.monotonic()
+    run_cli("make-demo-model", "--out", str(tmp_path / "default.json"))
+    assert time.monotonic() - started < 60
+    loaded = load_model(tmp_path / "default.json", trust_pickle=False, grid_step_s=3600,
+                        now_ns=time.time_ns())
+    assert loaded.stamp.kind == "prophet"
