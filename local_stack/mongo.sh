@@ -34,6 +34,7 @@ BIN_DIR="$STACK_DIR/bin"
 BIN="$BIN_DIR/edgepipe-ferretdb"
 STAMP="$BIN.stamp"
 ENGINE_FILE="$SVC_DIR/engine"
+PORT_FILE="$SVC_DIR/port"
 URL="mongodb://$MONGO_HOST:$MONGO_PORT/"
 
 engine() {
@@ -47,6 +48,16 @@ engine() {
 # Engine of the running instance (recorded at start), else the configured one.
 running_engine() {
   if [[ -s "$ENGINE_FILE" ]]; then cat "$ENGINE_FILE"; else engine; fi
+}
+
+# Refuse when our server runs on another port than the configured one.
+check_port() { # PID
+  local port
+  port="$(cat "$PORT_FILE" 2>/dev/null || true)"
+  if [[ -n "$port" && "$port" != "$MONGO_PORT" ]]; then
+    stk_say "$SVC" "pid $1 serves port $port, not MONGO_PORT=$MONGO_PORT: run stop first"
+    return 1
+  fi
 }
 
 pattern_for() { if [[ "$1" == mongod ]]; then echo mongod; else echo edgepipe-ferretdb; fi; }
@@ -118,6 +129,7 @@ adopt_or_refuse() {
   if [[ -n "$pid" ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null \
     | grep -qE "edgepipe-ferretdb serve|mongod .*--dbpath $SVC_DIR/"; then
     printf '%s\n' "$pid" >"$(stk_pidfile "$SVC")"
+    echo "$MONGO_PORT" >"$PORT_FILE"
     if tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q edgepipe-ferretdb; then
       echo ferretdb >"$ENGINE_FILE"
     else
@@ -164,6 +176,7 @@ cmd_start() {
 
   eng="$(running_engine)"
   if pid="$(stk_pid "$SVC" "$(pattern_for "$eng")")"; then
+    check_port "$pid" || exit 1
     if ping_ok || wait_healthy "$pid"; then
       stk_say "$SVC" "already running: $(describe "$eng"), pid $pid, $URL"
       return 0
@@ -197,6 +210,7 @@ cmd_start() {
       ;;
   esac
   echo "$eng" >"$ENGINE_FILE"
+  echo "$MONGO_PORT" >"$PORT_FILE"
   pid="$(cat "$(stk_pidfile "$SVC")")"
 
   if ! wait_healthy "$pid"; then
@@ -219,6 +233,7 @@ cmd_status() {
     stk_say "$SVC" "not running"
     return 1
   fi
+  check_port "$pid" || return 1
   if ping_ok; then
     stk_say "$SVC" "running: $(describe "$eng"), pid $pid, $URL"
     return 0

@@ -91,7 +91,7 @@ func serve(args []string) int {
 		return 2
 	}
 
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	logger := slog.New(quietHandler{slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})})
 	slog.SetDefault(logger)
 
 	// never report anything anywhere (the embedded package does not start the
