@@ -71,10 +71,14 @@ def _reduce(entries: SortedEntries, start_ns: Ints, late: Bools) -> GroupMoments
     count = np.diff(np.append(heads, fidx.size)).astype(np.int64)
     low = np.minimum.reduceat(x, heads)
     high = np.maximum.reduceat(x, heads)
-    # A constant group has exactly its value as mean and no spread; sum/count
-    # would round (3 x 0.1 / 3 != 0.1) and leave a phantom variance.
-    mean = np.where(low == high, low, np.add.reduceat(x, heads) / count)
-    deviation = x - np.repeat(mean, count)
+    # Shifted by each group's first value: near 1e9 the differences are exact
+    # and small, so neither the mean's sum nor the squares lose the spread.
+    shift = x[heads]
+    shifted = x - np.repeat(shift, count)
+    shifted_mean = np.add.reduceat(shifted, heads) / count
+    deviation = shifted - np.repeat(shifted_mean, count)
+    # A constant group has exactly its value as mean and no spread.
+    mean = np.where(low == high, low, shift + shifted_mean)
     return GroupMoments(
         field_idx=fidx[heads], start_ns=start_ns[heads], count=count, mean=mean,
         m2=np.add.reduceat(deviation * deviation, heads), min=low, max=high,
