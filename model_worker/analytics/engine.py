@@ -109,7 +109,7 @@ class AnalyticsEngine:
         out = Emissions()
         base = self.policy.base_ns
         series_list: list[SeriesState] = []
-        series_pos: dict[int, int] = {}
+        series_pos: dict[tuple[int, str, str], int] = {}
         fields_list: list[FieldState] = []
         field_pos: dict[tuple[int, str], int] = {}
         cand_series: list[int] = []
@@ -126,10 +126,17 @@ class AnalyticsEngine:
                 continue
             pstate.applied_offset = offset
             out.partitions.add(part)
-            key = (reading.device_id, reading.sensor)
-            series = pstate.series.get(key)
-            if series is None:
-                series = pstate.series[key] = SeriesState(*key, part)
+            local_key = (part, reading.device_id, reading.sensor)
+            spos = series_pos.get(local_key)
+            if spos is None:
+                key = (reading.device_id, reading.sensor)
+                series = pstate.series.get(key)
+                if series is None:
+                    series = pstate.series[key] = SeriesState(*key, part)
+                spos = series_pos[local_key] = len(series_list)
+                series_list.append(series)
+            else:
+                series = series_list[spos]
             ts = reading.ts_ns
             digest = event_hash(reading.event_id)
             seen = series.seen.setdefault(ts - ts % base, set())
@@ -137,9 +144,6 @@ class AnalyticsEngine:
                 out.duplicates += 1
                 continue
             seen.add(digest)
-            spos = series_pos.setdefault(id(series), len(series_list))
-            if spos == len(series_list):
-                series_list.append(series)
             cand = len(cand_ts)
             cand_series.append(spos)
             cand_ts.append(ts)
