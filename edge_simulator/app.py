@@ -140,5 +140,6 @@ def run_simulator(config: SimConfig, settings: Settings, stop: threading.Event, 
         if ops is not None:
             ops.stop()
         selector.close()
+    log.info("simulator finished", extra=final.as_dict())
     return final
 

@@ -143,9 +143,7 @@ class Fleet:
                 next_report = now + self._progress_interval_s
                 self._emit_report()
         self._disconnect_all()
-        final = self.snapshot()
-        self._report(final)
-        return final
+        return self.snapshot()
 
     def _fire_due(self, due: list[tuple[float, int]], now: float, touched: set[Device]) -> None:
         counters = self._counters
