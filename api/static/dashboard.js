@@ -1,6 +1,7 @@
 // Live view of /stream: one canvas per device and sensor over the last
 // window_s seconds, forecast band shaded, anomalies red, and the running
-// mean ± std (Welford, since the page opened) with values beyond k·std amber.
+// mean ± std (Welford, since the page opened) with values beyond k·std amber
+// (from the 10th point on: a handful of points has no meaningful std yet).
 "use strict";
 
 const state = { windowS: 60, k: 3, series: new Map(), events: 0, anomalies: 0 };
@@ -27,7 +28,7 @@ function std(s) { return s.n > 1 ? Math.sqrt(s.m2 / s.n) : 0; }
 function add(result) {
   const s = seriesFor(result.device_id, result.sensor);
   const t = Date.parse(result.ts);
-  const beyond = s.n > 1 && Math.abs(result.value - s.mean) > state.k * std(s);
+  const beyond = s.n >= 10 && Math.abs(result.value - s.mean) > state.k * std(s);
   s.n += 1;
   const delta = result.value - s.mean;
   s.mean += delta / s.n;
