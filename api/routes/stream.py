@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
 import orjson
@@ -33,7 +33,7 @@ def _event(doc: dict[str, Any], event_id: Cursor) -> bytes:
 
 
 async def _events(hub: StreamHub, flt: StreamFilter, last: Cursor | None,
-                  heartbeat_s: float) -> AsyncIterator[bytes]:
+                  heartbeat_s: float) -> AsyncGenerator[bytes, None]:
     STREAM_CLIENTS.inc()
     sub = hub.attach(flt)
     low = hub.low_mark_ms

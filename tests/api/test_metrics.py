@@ -68,7 +68,8 @@ def values_of(readings: list[Any], sensor: str, start: int, end: int,
     return found
 
 
-def test_seed_shaped_request_matches_direct_computation(client: TestClient, seeded) -> None:
+def test_seed_shaped_request_matches_direct_computation(client: TestClient,
+                                                        seeded: list[Any]) -> None:
     body = {"temp": ["count", "min", "max", "average", "sum", "std"],
             "from": f"{DAY} 00:13:27", "to": f"{DAY} 02:51:03"}
     response = client.post("/compute/metrics", json=body)
@@ -79,7 +80,7 @@ def test_seed_shaped_request_matches_direct_computation(client: TestClient, seed
     assert_close(response.json()["result"]["temp"], want)
 
 
-def test_device_filter_axes_and_magnitude(client: TestClient, seeded) -> None:
+def test_device_filter_axes_and_magnitude(client: TestClient, seeded: list[Any]) -> None:
     start, end = T0 + 95 * NS_PER_S + 123, T0 + 7300 * NS_PER_S
     body = {"acc": ["count", "mean", "std"], "acc.y": ["count", "min", "max", "mean"],
             "device_id": "dev-b", "from": ns_to_iso(start), "to": str(end)}
@@ -92,7 +93,8 @@ def test_device_filter_axes_and_magnitude(client: TestClient, seeded) -> None:
                  | {"mean": axis["average"]})
 
 
-def test_unknown_metric_and_key_are_reported_with_200(client: TestClient, seeded) -> None:
+def test_unknown_metric_and_key_are_reported_with_200(client: TestClient,
+                                                      seeded: list[Any]) -> None:
     body = {"temp": ["count", "median"], "colour": "blue", "from": f"{DAY} 00:00:00",
             "to": f"{DAY} 00:10:00"}
     response = client.post("/compute/metrics", json=body)
@@ -109,7 +111,7 @@ def test_unknown_metric_and_key_are_reported_with_200(client: TestClient, seeded
     {"colour": "blue", "from": f"{DAY} 00:00:00", "to": f"{DAY} 01:00:00"},
     {"from": f"{DAY} 00:00:00", "to": f"{DAY} 01:00:00"},
 ])
-def test_nothing_valid_left_is_400_with_empty_result(client: TestClient, body) -> None:
+def test_nothing_valid_left_is_400_with_empty_result(client: TestClient, body: Any) -> None:
     response = client.post("/compute/metrics", json=body)
     assert response.status_code == 400
     assert response.json()["result"] == {}
@@ -125,7 +127,8 @@ def test_nothing_valid_left_is_400_with_empty_result(client: TestClient, body) -
     ({"temp": ["count"], "from": f"{DAY} 00:00:00", "to": f"{DAY} 01:00:00",
       "device_id": {"$gt": ""}}, "device_id must be a string"),
 ])
-def test_bad_times_and_ids_are_400_with_a_message(client: TestClient, body, message) -> None:
+def test_bad_times_and_ids_are_400_with_a_message(client: TestClient, body: Any,
+                                                         message: str) -> None:
     response = client.post("/compute/metrics", json=body)
     assert response.status_code == 400
     assert message in response.json()["errors"][0]
@@ -139,7 +142,7 @@ def test_non_object_bodies_are_4xx_never_500(client: TestClient, raw: bytes) -> 
 
 
 def test_empty_window_and_unknown_sensor_give_count_0_and_nulls(client: TestClient,
-                                                                seeded) -> None:
+                                                                seeded: list[Any]) -> None:
     body = {"temp": ["count", "min", "max", "average", "std"], "nothing": ["count", "max"],
             "from": "2025-11-23 00:00:00", "to": "2025-11-23 01:00:00"}
     response = client.post("/compute/metrics", json=body)
@@ -155,8 +158,9 @@ def test_empty_window_and_unknown_sensor_give_count_0_and_nulls(client: TestClie
                                  st.sampled_from(["p", "q"])), max_size=60),
        bounds=st.tuples(st.integers(-100_000, 7_300_000), st.integers(0, 7_400_000)),
        closed_s=st.integers(0, 7300), device=st.sampled_from([None, "p"]))
-def test_property_metrics_equal_direct_computation(client: TestClient, store: Store, points,
-                                                   bounds, closed_s, device) -> None:
+def test_property_metrics_equal_direct_computation(
+        client: TestClient, store: Store, points: list[tuple[int, float, str]],
+        bounds: tuple[int, int], closed_s: int, device: str | None) -> None:
     store.clear()
     readings = {}
     for offset_ms, value, dev in points:

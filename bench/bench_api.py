@@ -1,0 +1,255 @@
+"""Benchmark of the API: `/compute/metrics` over 1 h and 24 h ranges against
+the naive way (read every raw reading in the range) in the same run, and
+`/ingest/sensor-logger` requests per second.
+
+    .venv/bin/python -m bench.bench_api [--readings N] [--quick] [--db NAME]
+
+Data (readings plus the 10 s / 1 min / 1 h windows stream analytics would
+write, computed here in Python) goes to its own database and is reused by
+later runs with the same --readings. Figures go to bench/results/bench_api.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from pymongo import MongoClient
+
+from api.main import INDEXES, create_app
+from api.metrics_logic import parse_metrics_request
+from api.metrics_store import compute_metrics
+from contracts.clients import async_mongo_client, ensure_topics, kafka_admin, mongo_client
+from contracts.events import NS_PER_S, Reading, make_event_id, ns_to_iso
+from contracts.settings import Settings, get_settings
+from contracts.windows import Moments, WindowRecord
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_api.json"
+SIZES = (10, 60, 3600)
+DEVICES = ("bench-1", "bench-2", "bench-3", "bench-4")
+SPAN_S = 48 * 3600
+START_NS = 1_763_596_800 * NS_PER_S  # 2025-11-20 00:00:00 UTC
+BATCH = 10_000
+
+
+def generate(n: int) -> Any:
+    """Readings spread evenly over 48 h across the devices, in time order."""
+    rng = random.Random(42)
+    step_ns = SPAN_S * NS_PER_S * len(DEVICES) // n
+    for i in range(n):
+        device = DEVICES[i % len(DEVICES)]
+        ts = START_NS + (i // len(DEVICES)) * step_ns + rng.randrange(1_000_000)
+        yield Reading(make_event_id(device, "temp", ts), device, "temp", ts,
+                      value=round(20 + 5 * rng.random() + (i % 977) / 100, 3),
+                      received_at_ns=ts)
+
+
+def load(db: Any, n: int) -> None:
+    meta = db.bench_meta.find_one({"_id": "spec"})
+    if meta and meta.get("readings") == n and meta.get("complete"):
+        print(f"reusing {n:,} readings and their windows in {db.name}")
+        return
+    for name in ("readings", "windows", "bench_meta"):
+        db[name].drop()
+    windows: dict[tuple[str, int, int], WindowRecord] = {}
+    started = time.perf_counter()
+    batch: list[dict[str, Any]] = []
+    done = 0
+    for reading in generate(n):
+        batch.append(reading.to_document())
+        for size in SIZES:
+            start = reading.ts_ns - reading.ts_ns % (size * NS_PER_S)
+            record = windows.get((reading.device_id, size, start))
+            if record is None:
+                record = windows[(reading.device_id, size, start)] = WindowRecord(
+                    reading.device_id, "temp", "value", size, start, Moments(), reading.ts_ns,
+                    reading.ts_ns)
+            assert reading.value is not None
+            record.moments.add(reading.value)
+            record.last_ts_ns = reading.ts_ns
+        if len(batch) == BATCH:
+            db.readings.insert_many(batch, ordered=False)
+            done += len(batch)
+            batch = []
+            rate = done / (time.perf_counter() - started)
+            print(f"\r  inserted {done:,}/{n:,} readings ({rate:,.0f}/s)", end="", flush=True)
+    if batch:
+        db.readings.insert_many(batch, ordered=False)
+    docs = [w.to_document() for w in windows.values()]
+    for i in range(0, len(docs), BATCH):
+        db.windows.insert_many(docs[i:i + BATCH], ordered=False)
+    print(f"\n  {n:,} readings and {len(docs):,} windows in "
+          f"{time.perf_counter() - started:.1f} s")
+    for collection, indexes in INDEXES.items():
+        for keys in indexes:
+            db[collection].create_index(keys)
+    db.bench_meta.insert_one({"_id": "spec", "readings": n, "complete": True})
+
+
+def ranges(hours: int, count: int, rng: random.Random) -> list[tuple[int, int]]:
+    """Unaligned ranges inside the data, so every answer needs raw edges."""
+    latest = START_NS + (SPAN_S - hours * 3600) * NS_PER_S
+    found = []
+    for _ in range(count):
+        start = rng.randrange(START_NS, latest)
+        found.append((start, start + hours * 3600 * NS_PER_S))
+    return found
+
+
+def body(start: int, end: int) -> dict[str, Any]:
+    return {"temp": ["count", "min", "max", "average", "std"],
+            "from": ns_to_iso(start), "to": ns_to_iso(end)}
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return {"p50_ms": round(statistics.median(ordered) * 1000, 2),
+            "p95_ms": round(p95 * 1000, 2), "n": len(ordered)}
+
+
+def time_api(url: str, spans: list[tuple[int, int]]) -> tuple[list[float], list[Any]]:
+    samples, answers = [], []
+    with httpx.Client(timeout=120) as http:
+        http.post(url + "/compute/metrics", json=body(*spans[0]))  # warm-up
+        for start, end in spans:
+            began = time.perf_counter()
+            response = http.post(url + "/compute/metrics", json=body(start, end))
+            samples.append(time.perf_counter() - began)
+            response.raise_for_status()
+            answers.append(response.json()["result"]["temp"])
+    return samples, answers
+
+
+def time_naive(settings: Settings, spans: list[tuple[int, int]]) -> tuple[list[float], list[Any]]:
+    """The same computation reading every raw reading in the range (no windows),
+    in-process: no HTTP overhead, which only flatters the naive side."""
+    async def run() -> tuple[list[float], list[Any]]:
+        client = async_mongo_client(settings)
+        db = client[settings.mongo_db]
+        samples, answers = [], []
+        try:
+            for start, end in spans:
+                request = parse_metrics_request(body(start, end), max_days=366)
+                began = time.perf_counter()
+                result = await compute_metrics(db, request, [])
+                samples.append(time.perf_counter() - began)
+                answers.append(result["temp"])
+        finally:
+            await client.close()
+        return samples, answers
+
+    return asyncio.run(run())
+
+
+def ingest_rate(url: str, seconds: float, workers: int) -> dict[str, float]:
+    rng = random.Random(1)
+    stop_at = time.monotonic() + seconds
+    counts = [0] * workers
+
+    def worker(index: int) -> None:
+        with httpx.Client(timeout=30) as http:
+            while time.monotonic() < stop_at:
+                now = time.time_ns()
+                payload = [{"name": "accelerometer", "time": now + i * 1000,
+                            "values": {"x": rng.random(), "y": rng.random(), "z": rng.random()}}
+                           for i in range(10)]
+                response = http.post(url + "/ingest/sensor-logger", params={"token": TOKEN},
+                                     json={"messageId": counts[index], "sessionId": "bench",
+                                           "deviceId": f"bench-phone-{index}",
+                                           "payload": payload})
+                response.raise_for_status()
+                counts[index] += 1
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(worker, range(workers)))
+    elapsed = time.perf_counter() - began
+    total = sum(counts)
+    return {"requests_per_s": round(total / elapsed, 1),
+            "readings_per_s": round(10 * total / elapsed, 1), "requests": total,
+            "concurrency": workers, "readings_per_request": 10}
+
+
+TOKEN = "bench-token"
+
+
+def serve(settings: Settings) -> tuple[str, uvicorn.Server, threading.Thread]:
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise SystemExit("uvicorn did not start within 30 s")
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return f"http://127.0.0.1:{port}", server, thread
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--readings", type=int, default=1_000_000)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, 100k readings")
+    parser.add_argument("--db", default="bench_api")
+    args = parser.parse_args()
+    n = 100_000 if args.quick and args.readings == 1_000_000 else args.readings
+    repeats = 10 if args.quick else 40
+    naive_repeats = 3 if args.quick else 5
+    get_settings.cache_clear()
+    topic = f"bench.api.{time.time_ns()}"
+    settings = get_settings().model_copy(update={
+        "mongo_db": args.db, "kafka_topic_readings": topic,
+        "api_ingest_token": type(get_settings().api_ingest_token)(TOKEN),
+        "analytics_window_sizes_s": list(SIZES)})
+    mongo: MongoClient[dict[str, Any]] = mongo_client(settings)
+    print(f"data: {n:,} readings, {len(DEVICES)} devices, 48 h")
+    load(mongo[settings.mongo_db], n)
+    ensure_topics(settings, [topic])
+    url, server, thread = serve(settings)
+    rng = random.Random(3)
+    figures: dict[str, Any] = {"readings": n, "devices": len(DEVICES), "span_h": 48,
+                               "machine": "shared 2-core machine, busy with other work"}
+    try:
+        for hours in (1, 24):
+            spans = ranges(hours, repeats, rng)
+            api_s, api_answers = time_api(url, spans)
+            naive_s, naive_answers = time_naive(settings, spans[:naive_repeats])
+            for got, want in zip(api_answers, naive_answers, strict=False):
+                assert got["count"] == want["count"] and got["max"] == want["max"], (got, want)
+            api_p, naive_p = percentiles(api_s), percentiles(naive_s)
+            rows = api_answers[0]["count"]
+            speedup = round(naive_p["p50_ms"] / api_p["p50_ms"], 1)
+            figures[f"metrics_{hours}h"] = {"windows": api_p, "naive": naive_p,
+                                            "speedup_p50": speedup, "readings_in_range": rows}
+            print(f"/compute/metrics {hours:>2} h ({rows:,} readings): windows p50 "
+                  f"{api_p['p50_ms']} ms p95 {api_p['p95_ms']} ms | naive p50 "
+                  f"{naive_p['p50_ms']} ms p95 {naive_p['p95_ms']} ms | {speedup}x")
+        figures["ingest"] = ingest_rate(url, 3 if args.quick else 10, 4)
+        print(f"/ingest/sensor-logger: {figures['ingest']['requests_per_s']} requests/s "
+              f"({figures['ingest']['readings_per_s']} readings/s, 4 clients, 10 per request)")
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        kafka_admin(settings).delete_topics([topic], operation_timeout=10)
+    target = figures["metrics_24h"]
+    figures["targets"] = {"p95_24h_under_50ms": target["windows"]["p95_ms"] < 50,
+                          "speedup_24h_at_least_20x": target["speedup_p50"] >= 20}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"targets: {figures['targets']}  (figures in {RESULTS})")
+
+
+if __name__ == "__main__":
+    main()
