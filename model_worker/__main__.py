@@ -46,7 +46,9 @@ def run(settings: Settings) -> None:
     instance = settings.worker_instance_id or f"{settings.worker_group}-{socket.gethostname()}"
     ensure_topics(settings, [settings.kafka_topic_readings, settings.kafka_topic_dlq,
                              settings.kafka_topic_analytics])
-    consumer = kafka_consumer(settings, settings.worker_group)
+    # Static membership: a restarted instance takes its partitions back at once
+    # instead of waiting out the dead member's session timeout.
+    consumer = kafka_consumer(settings, settings.worker_group, **{"group.instance.id": instance})
     producer = kafka_producer(settings, **{
         "transactional.id": instance,
         "transaction.timeout.ms": int(TRANSACTION_TIMEOUT_S * 1000),

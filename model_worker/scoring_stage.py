@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Mapping
+from concurrent import futures
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -36,6 +37,7 @@ class ScoringStage:
         self.mqtt_topic = mqtt_topic
         self.score_fields = score_fields
         self.publish_timeout_s = publish_timeout_s
+        self._mongo_writer = futures.ThreadPoolExecutor(1, thread_name_prefix="mongo-write")
 
     def handle(self, batch: ConsumedBatch, now_ns: int) -> None:
         # One snapshot per batch: a hot swap lands between batches, never inside one.
@@ -47,21 +49,26 @@ class ScoringStage:
         results = outcome.results
         payloads = [r.to_json() for r in results]
 
+        # MongoDB waits on the network with the GIL released: let it overlap the
+        # Kafka and MQTT writes, which keep this thread busy.
+        mongo_write = self._mongo_writer.submit(self._write_mongo,
+                                                [r.to_document() for r in results])
         started = time.perf_counter()
         produce_all(self.producer, self.analytics_topic,
                     [(r.device_id.encode(), p) for r, p in zip(results, payloads, strict=True)])
         metrics.WRITE_SECONDS.labels(sink="kafka").observe(time.perf_counter() - started)
 
         started = time.perf_counter()
-        insert_idempotent(self.collection, [r.to_document() for r in results])
-        metrics.WRITE_SECONDS.labels(sink="mongo").observe(time.perf_counter() - started)
-
-        started = time.perf_counter()
-        publish_all(self.mqtt_client,
-                    [(self.mqtt_topic.format(device_id=r.device_id, sensor=r.sensor), p)
-                     for r, p in zip(results, payloads, strict=True)],
-                    self.publish_timeout_s)
+        try:
+            publish_all(self.mqtt_client,
+                        [(self.mqtt_topic.format(device_id=r.device_id, sensor=r.sensor), p)
+                         for r, p in zip(results, payloads, strict=True)],
+                        self.publish_timeout_s)
+        finally:
+            # Never leave a write running behind a failed batch: it would race the retry.
+            futures.wait([mongo_write])
         metrics.WRITE_SECONDS.labels(sink="mqtt").observe(time.perf_counter() - started)
+        mongo_write.result()
 
         scored = Counter(r.sensor for r in results if r.model is not None)
         anomalies = Counter(r.sensor for r in results if r.anomaly)
@@ -70,6 +77,11 @@ class ScoringStage:
             metrics.ANOMALIES.labels(sensor=sensor).inc(anomalies.get(sensor, 0))
         for (sensor, reason), count in outcome.unscored.items():
             metrics.UNSCORED.labels(sensor=sensor, reason=reason).inc(count)
+
+    def _write_mongo(self, documents: list[dict[str, Any]]) -> None:
+        started = time.perf_counter()
+        insert_idempotent(self.collection, documents)
+        metrics.WRITE_SECONDS.labels(sink="mongo").observe(time.perf_counter() - started)
 
     def tick(self, now_ns: int) -> None:
         """Nothing time-driven: the registry watches the model files on its own thread."""
@@ -81,4 +93,5 @@ class ScoringStage:
         """Scoring keeps no per-partition state."""
 
     def close(self) -> None:
-        """Writes are complete when `handle` returns; nothing is buffered."""
+        """Writes are complete when `handle` returns; only the writer thread is left."""
+        self._mongo_writer.shutdown(wait=True)

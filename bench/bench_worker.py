@@ -1,0 +1,168 @@
+"""Model worker benchmark: `python -m bench.bench_worker [--quick]`.
+
+1. Scoring step alone, Prophet with intervals: events/s of the worker's
+   scoring (`score_batch`, batches of WORKER_BATCH_SIZE) vs the seed's way,
+   one `model.predict` per event (a sample of calls timed and extrapolated).
+2. The whole worker through the real services: N readings pre-loaded into a
+   bench topic, a `python -m model_worker` subprocess started, timed until its
+   consumer group has committed them all; its peak RSS sampled meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pandas as pd
+import psutil
+from confluent_kafka import TopicPartition
+
+from contracts.clients import (
+    ensure_topics,
+    kafka_admin,
+    kafka_consumer,
+    kafka_producer,
+    mongo_client,
+)
+from contracts.events import Reading, make_event_id
+from contracts.settings import get_settings
+from model_worker.models import load_model
+from model_worker.scoring import score_batch
+from model_worker.train import demo_frame, fit_prophet, save_model
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results" / "bench_worker.json"
+
+
+def make_readings(count: int, devices: int = 50) -> list[Reading]:
+    start = time.time_ns() - count * 10**8
+    out = []
+    for i in range(count):
+        device, ts_ns = f"bench-{i % devices}", start + i * 10**8
+        out.append(Reading(make_event_id(device, "temperature", ts_ns), device, "temperature",
+                           ts_ns, value=21.0 + (i % 11) * 0.2))
+    return out
+
+
+def bench_scoring(model_path: Path, events: int, per_event_sample: int,
+                  batch_size: int) -> dict[str, Any]:
+    loaded = load_model(model_path, trust_pickle=False, grid_step_s=3600, now_ns=time.time_ns())
+    readings = make_readings(events)
+    score_batch(readings[:batch_size], lambda s: loaded, {}, time.time_ns())  # warm the grid
+    started = time.perf_counter()
+    for i in range(0, events, batch_size):
+        score_batch(readings[i:i + batch_size], lambda s: loaded, {}, time.time_ns())
+    batched_s = time.perf_counter() - started
+
+    model = loaded.forecaster.model  # type: ignore[attr-defined]
+    sample = readings[:per_event_sample]
+    started = time.perf_counter()
+    for reading in sample:  # the seed pipeline: one predict, with sampling, per event
+        model.predict(pd.DataFrame({"ds": [pd.Timestamp(reading.ts_ns, unit="ns")]}))
+    per_event_s = (time.perf_counter() - started) / len(sample)
+    batched_rate = events / batched_s
+    return {"events": events, "batch_size": batch_size,
+            "scoring_events_per_s": round(batched_rate),
+            "per_event_sample": len(sample), "per_event_ms": round(per_event_s * 1000, 2),
+            "per_event_events_per_s": round(1 / per_event_s, 1),
+            "ratio": round(batched_rate * per_event_s)}
+
+
+def committed(settings: Any, group: str, topic: str, partitions: int) -> int:
+    consumer = kafka_consumer(settings, group)
+    try:
+        offsets = consumer.committed([TopicPartition(topic, p) for p in range(partitions)],
+                                     timeout=10)
+    finally:
+        consumer.close()
+    return sum(max(tp.offset, 0) for tp in offsets)
+
+
+def bench_worker(model_dir: Path, events: int, timeout_s: float) -> dict[str, Any]:
+    settings = get_settings()
+    tag = uuid.uuid4().hex[:8]
+    topics = {"KAFKA_TOPIC_READINGS": f"bench.{tag}.readings",
+              "KAFKA_TOPIC_DLQ": f"bench.{tag}.readings.dlq",
+              "KAFKA_TOPIC_ANALYTICS": f"bench.{tag}.analytics"}
+    ensure_topics(settings, list(topics.values()))
+    producer = kafka_producer(settings, **{"linger.ms": 50, "batch.num.messages": 10_000})
+    for reading in make_readings(events):
+        while True:
+            try:
+                producer.produce(topics["KAFKA_TOPIC_READINGS"], reading.to_json(),
+                                 reading.device_id.encode())
+                break
+            except BufferError:
+                producer.poll(0.1)
+    producer.flush(60)
+    group = f"bench-worker-{tag}"
+    env = {**os.environ, **topics, "MODEL_PATH": str(model_dir), "WORKER_GROUP": group,
+           "MONGO_DB": f"bench_{tag}", "WORKER_HTTP_PORT": "0", "LOG_LEVEL": "WARNING",
+           "MQTT_RESULTS_TOPIC": f"bench/{tag}/analytics/{{device_id}}/{{sensor}}"}
+    proc = subprocess.Popen([sys.executable, "-m", "model_worker"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak_rss = 0
+    started = time.monotonic()
+    done = first = 0
+    first_at = started
+    try:
+        while time.monotonic() - started < timeout_s and done < events:
+            peak_rss = max(peak_rss, psutil.Process(proc.pid).memory_info().rss)
+            done = committed(settings, group, topics["KAFKA_TOPIC_READINGS"],
+                             settings.kafka_partitions)
+            if done and not first:  # start the clock at the first commit: excludes imports
+                first, first_at = done, time.monotonic()
+            time.sleep(0.25)
+        elapsed = time.monotonic() - first_at
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=30)
+        kafka_admin(settings).delete_topics(list(topics.values()), operation_timeout=10)
+        with mongo_client(settings) as client:
+            client.drop_database(f"bench_{tag}")
+    if done < events:
+        raise SystemExit(f"worker committed {done}/{events} in {timeout_s}s:\n{stderr[-2000:]!r}")
+    return {"events": events, "committed_after_s": round(elapsed, 2),
+            "worker_events_per_s": round((done - first) / elapsed) if elapsed else None,
+            "worker_peak_rss_mb": round(peak_rss / 2**20, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    args = parser.parse_args()
+    scoring_events, sample, worker_events = (20_000, 30, 20_000) if args.quick else (
+        200_000, 200, 100_000)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp)
+        model, _ = fit_prophet(demo_frame())
+        save_model(model, model_dir / "default.json", "json")
+        scoring = bench_scoring(model_dir / "default.json", scoring_events, sample,
+                                get_settings().worker_batch_size)
+        print(f"scoring step, Prophet with intervals: {scoring['scoring_events_per_s']:,} "
+              f"events/s (batches of {scoring['batch_size']})")
+        print(f"seed way, one predict per event: {scoring['per_event_ms']} ms/event = "
+              f"{scoring['per_event_events_per_s']} events/s (timed on "
+              f"{scoring['per_event_sample']} events, extrapolated)")
+        print(f"ratio: {scoring['ratio']:,}x")
+        worker = bench_worker(model_dir, worker_events, timeout_s=170)
+        print(f"whole worker (consume, score, Kafka+MongoDB+MQTT, commit): "
+              f"{worker['worker_events_per_s']:,} events/s over {worker['events']:,} events; "
+              f"peak RSS {worker['worker_peak_rss_mb']} MB")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(orjson.dumps({"scoring": scoring, "worker": worker,
+                                     "quick": args.quick, "cpus": os.cpu_count()},
+                                    option=orjson.OPT_INDENT_2).decode())
+    print(f"figures written to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
