@@ -95,8 +95,9 @@ def read_analytics(settings: Settings, expected: int, timeout_s: float = 30.0,
         while time.monotonic() < deadline:
             messages = consumer.consume(1000, timeout=0.5)
             for message in messages:
-                if message.error() is None:
-                    results.append(orjson.loads(message.value()))
+                value = message.value()
+                if message.error() is None and value is not None:
+                    results.append(orjson.loads(value))
             if messages:
                 last_news = time.monotonic()
             elif len(results) >= expected and time.monotonic() - last_news >= idle_s:
