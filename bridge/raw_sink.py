@@ -233,7 +233,8 @@ class RawSink:
         lag = 0
         try:
             for tp in self.consumer.position(self.consumer.assignment()):
-                _, high = self.consumer.get_watermark_offsets(tp, timeout=1.0, cached=False)
+                # Cached: the high watermark each fetch brings back, no broker round trip.
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
                 lag += max(0, high - tp.offset) if tp.offset >= 0 else 0
         except KafkaException:
             return  # lag is a nicety; Kafka trouble shows elsewhere
