@@ -37,8 +37,8 @@ def kafka_values(settings: Settings, expected: int, timeout: float = 15.0) -> li
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and len(values) < expected:
-            values += [m.value() for m in consumer.consume(100, 0.5) if m.error() is None]
-        values += [m.value() for m in consumer.consume(100, 1.0) if m.error() is None]
+            values += [m.value() or b"" for m in consumer.consume(100, 0.5) if m.error() is None]
+        values += [m.value() or b"" for m in consumer.consume(100, 1.0) if m.error() is None]
     finally:
         consumer.close()
     return values
