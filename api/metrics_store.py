@@ -9,7 +9,6 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 
 from api.metrics_logic import (
-    CoverPlan,
     MetricsRequest,
     Series,
     dedupe_windows,
@@ -17,7 +16,7 @@ from api.metrics_logic import (
     plan_cover,
     reading_value,
 )
-from contracts.events import NS_PER_MS, ns_to_datetime
+from contracts.events import NS_PER_MS, NS_PER_S, ns_to_datetime
 from contracts.windows import Moments
 
 Db = AsyncDatabase[dict[str, Any]]
@@ -43,41 +42,50 @@ def _series_filter(series: Series, device_id: str | None) -> dict[str, Any]:
     return query
 
 
-async def watermarks(db: Db, series: Series, device_id: str | None,
-                     sizes: list[int]) -> list[tuple[int, int]]:
-    """Per window size, the end of the newest stored window: windows are written
-    when they close, so everything before that end is final (late readings
-    revise stored windows)."""
-    async def newest_end(size_s: int) -> tuple[int, int]:
-        query = {**_series_filter(series, device_id), "size_s": size_s,
-                 "field": {"$in": list(series.window_fields)}}
-        doc = await db.windows.find_one(query, {"start_ns": 1}, sort=[("start_ns", -1)])
-        if doc is None:
-            return size_s, -UNBOUNDED
-        return size_s, int(doc["start_ns"]) + size_s * 1_000_000_000
+async def stored_windows(db: Db, series: Series, device_id: str | None, start_ns: int,
+                         end_ns: int, sizes: list[int]) -> list[dict[str, Any]]:
+    """Every stored window of the series that can help with [start, end), in ONE
+    query: FerretDB on SQLite pushes down nothing but `_id` equality, so each
+    query is a scan of the collection and their number is what costs."""
+    if not sizes:
+        return []
+    widest = max(sizes) * NS_PER_S
+    query = {**_series_filter(series, device_id), "field": {"$in": list(series.window_fields)},
+             "size_s": {"$in": sizes},
+             "start_ns": {"$gte": start_ns - start_ns % widest, "$lt": end_ns + widest}}
+    projection = {"device_id": 1, "size_s": 1, "start_ns": 1, "field": 1, "count": 1,
+                  "mean": 1, "m2": 1, "min": 1, "max": 1}
+    return list(await db.windows.find(query, projection).to_list(None))
 
-    return list(await asyncio.gather(*(newest_end(s) for s in sizes)))
+
+def watermarks(docs: list[dict[str, Any]], sizes: list[int]) -> list[tuple[int, int]]:
+    """Per window size, the end of the newest window seen: windows are written
+    when they close, so the slots before it are final (late readings revise
+    stored windows). Seeing only windows up to one widest window past the range
+    can only make the watermark earlier, which moves work to raw readings and
+    keeps the answer exact."""
+    newest = dict.fromkeys(sizes, -UNBOUNDED)
+    for doc in docs:
+        size_s = int(doc["size_s"])
+        newest[size_s] = max(newest[size_s], int(doc["start_ns"]) + size_s * NS_PER_S)
+    return list(newest.items())
 
 
-async def series_moments(db: Db, series: Series, device_id: str | None,
-                         plan: CoverPlan) -> Moments:
+async def series_moments(db: Db, series: Series, device_id: str | None, start_ns: int,
+                         end_ns: int, sizes: list[int]) -> Moments:
     moments = Moments()
-    base = _series_filter(series, device_id)
-    if plan.windows:
-        slots = [{"size_s": span.size_s,
-                  "start_ns": {"$gte": span.first_start_ns, "$lt": span.end_start_ns}}
-                 for span in plan.windows]
-        query = {**base, "field": {"$in": list(series.window_fields)}, "$or": slots}
-        projection = {"device_id": 1, "size_s": 1, "start_ns": 1, "field": 1, "count": 1,
-                      "mean": 1, "m2": 1, "min": 1, "max": 1}
-        docs = await db.windows.find(query, projection).to_list(None)
-        for doc in dedupe_windows(docs):
-            moments.merge(Moments.from_dict(doc))
+    docs = await stored_windows(db, series, device_id, start_ns, end_ns, sizes)
+    plan = plan_cover(start_ns, end_ns, watermarks(docs, sizes))
+    chosen = [doc for doc in docs if any(
+        doc["size_s"] == span.size_s and span.first_start_ns <= doc["start_ns"] < span.end_start_ns
+        for span in plan.windows)]
+    for doc in dedupe_windows(chosen):
+        moments.merge(Moments.from_dict(doc))
     if plan.raw:
         # BSON `ts` has milliseconds; widen to whole ms and filter on exact `ts_ns`.
         edges = [{"ts": {"$gte": ns_to_datetime(lo),
                          "$lt": ns_to_datetime(hi + NS_PER_MS - 1)}} for lo, hi in plan.raw]
-        query = {**base, "$or": edges}
+        query = {**_series_filter(series, device_id), "$or": edges}
         async for doc in db.readings.find(query, {"ts_ns": 1, "value": 1, "values": 1}):
             ts_ns = int(doc["ts_ns"])
             if not any(lo <= ts_ns < hi for lo, hi in plan.raw):
@@ -96,9 +104,8 @@ async def compute_metrics(db: Db, request: MetricsRequest,
         series = await resolve_series(db, key)
         if series is None:
             return key, metric_values(Moments(), metrics)
-        sizes = await watermarks(db, series, request.device_id, window_sizes)
-        plan = plan_cover(request.start_ns, request.end_ns, sizes)
-        moments = await series_moments(db, series, request.device_id, plan)
+        moments = await series_moments(db, series, request.device_id, request.start_ns,
+                                       request.end_ns, window_sizes)
         return key, metric_values(moments, metrics)
 
     pairs = await asyncio.gather(*(one(k, m) for k, m in request.sensors.items()))

@@ -205,7 +205,7 @@ def main() -> None:
     parser.add_argument("--db", default="bench_api")
     args = parser.parse_args()
     n = 100_000 if args.quick and args.readings == 1_000_000 else args.readings
-    repeats = 10 if args.quick else 40
+    repeats = 5 if args.quick else 40
     naive_repeats = 3 if args.quick else 5
     get_settings.cache_clear()
     topic = f"bench.api.{time.time_ns()}"
