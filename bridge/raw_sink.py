@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
-from pymongo import ASCENDING, DESCENDING
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from bridge import metrics
+from contracts.collections import DEAD_LETTERS, READINGS, ensure_indexes
 from contracts.dead_letters import DeadLetter
 from contracts.errors import SchemaError
 from contracts.events import Reading
@@ -110,12 +110,7 @@ class RawSink:
         self._last_lag = 0.0
 
     def ensure_indexes(self) -> None:
-        self.readings.create_index([("device_id", ASCENDING), ("sensor", ASCENDING),
-                                    ("ts", ASCENDING)], name="device_sensor_ts")
-        self.readings.create_index([("ts", ASCENDING)], name="ts")
-        self.dead_letters.create_index([("reason", ASCENDING), ("received_at", DESCENDING)],
-                                       name="reason_received_at")
-        self.dead_letters.create_index([("received_at", DESCENDING)], name="received_at")
+        ensure_indexes(self.readings.database, (READINGS, DEAD_LETTERS))
         self._indexes_ready = True
 
     def ready(self) -> tuple[bool, dict[str, Any]]:

@@ -69,14 +69,18 @@ def ensure_topics(settings: Settings, names: list[str], timeout: float = 30.0) -
                 raise ServiceUnavailable(f"cannot create Kafka topic {name}: {exc}") from exc
 
 
-def mongo_client(settings: Settings, **kwargs: Any) -> MongoClient[dict[str, Any]]:
-    return MongoClient(settings.mongo_url.get_secret_value(), tz_aware=True,
-                       serverSelectionTimeoutMS=5000, **kwargs)
+# A dead MongoDB should surface as an error within seconds, not pymongo's 30 s.
+MONGO_DEFAULTS = {"tz_aware": True, "serverSelectionTimeoutMS": 5000}
 
 
-def async_mongo_client(settings: Settings, **kwargs: Any) -> AsyncMongoClient[dict[str, Any]]:
-    return AsyncMongoClient(settings.mongo_url.get_secret_value(), tz_aware=True,
-                            serverSelectionTimeoutMS=5000, **kwargs)
+def mongo_client(settings: Settings, **overrides: Any) -> MongoClient[dict[str, Any]]:
+    return MongoClient(settings.mongo_url.get_secret_value(), **{**MONGO_DEFAULTS, **overrides})
+
+
+def async_mongo_client(settings: Settings,
+                       **overrides: Any) -> AsyncMongoClient[dict[str, Any]]:
+    return AsyncMongoClient(settings.mongo_url.get_secret_value(),
+                            **{**MONGO_DEFAULTS, **overrides})
 
 
 def mqtt_client(settings: Settings, client_id: str | None = None, *,

@@ -25,9 +25,12 @@ from contracts.logs import configure_logging
 from contracts.ops import OpsServer, stop_on_signals
 from contracts.settings import Settings, get_settings
 from model_worker import train
+from model_worker.analytics.stage import AnalyticsStage
 from model_worker.loop import TRANSACTION_TIMEOUT_S, WorkerLoop
+from model_worker.models import SUFFIXES
 from model_worker.registry import ModelRegistry
 from model_worker.scoring_stage import ScoringStage
+from model_worker.stage import Stage
 
 log = logging.getLogger("model_worker")
 MQTT_MAX_INFLIGHT = 1000
@@ -45,7 +48,7 @@ def run(settings: Settings) -> None:
 
     instance = settings.worker_instance_id or f"{settings.worker_group}-{socket.gethostname()}"
     ensure_topics(settings, [settings.kafka_topic_readings, settings.kafka_topic_dlq,
-                             settings.kafka_topic_analytics])
+                             settings.kafka_topic_analytics, settings.kafka_topic_windows])
     # Static membership: a restarted instance takes its partitions back at once
     # instead of waiting out the dead member's session timeout.
     consumer = kafka_consumer(settings, settings.worker_group, **{"group.instance.id": instance})
@@ -61,11 +64,16 @@ def run(settings: Settings) -> None:
     mqtt_connect(mqtt, settings)
     mqtt.loop_start()
 
-    stages = [
+    # Analytics saves its own state (with the applied offsets) inside `handle`,
+    # before the scoring transaction commits; its window records must not ride
+    # in that transaction, or an abort would drop windows its state says were sent.
+    windows_producer = kafka_producer(settings)
+    stages: list[Stage] = [
         ScoringStage(registry, producer, db, mqtt,
                      analytics_topic=settings.kafka_topic_analytics,
                      mqtt_topic=settings.mqtt_results_topic,
                      score_fields=settings.worker_score_fields),
+        AnalyticsStage(settings, windows_producer, db, mqtt),
     ]
     loop = WorkerLoop(consumer, producer, stages, db, topic=settings.kafka_topic_readings,
                       dlq_topic=settings.kafka_topic_dlq,
@@ -132,6 +140,12 @@ def run_train(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def run_make_demo(args: argparse.Namespace) -> None:
+    folder = Path(args.out).parent
+    if args.if_missing and folder.is_dir():
+        present = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
+        if present:
+            print(f"models already in {folder}/ ({', '.join(present)}): demo model not needed")
+            return
     started = time.perf_counter()
     frame = train.demo_frame()
     model, report = train.fit_prophet(frame)
@@ -157,6 +171,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     fit.add_argument("--plot", help="write a PNG of actual vs forecast here")
     demo = commands.add_parser("make-demo-model", help="fit a small Prophet on synthetic data")
     demo.add_argument("--out", default="models/default.json")
+    demo.add_argument("--if-missing", action="store_true",
+                      help="do nothing when the folder of --out already holds a model")
     args = parser.parse_args(argv)
     if args.command == "train" and args.format is None:
         args.format = "joblib" if args.out.endswith((".joblib", ".pkl")) else "json"

@@ -19,9 +19,14 @@ def test_mqtt_round_trip_with_auth(mqtt_ready: Settings, unique: str) -> None:
     topic = f"t/{unique}/smoke"
     got: list[bytes] = []
     subscribed, arrived = threading.Event(), threading.Event()
+
+    def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        got.append(bytes(msg.payload))
+        arrived.set()
+
     sub = mqtt_client(mqtt_ready, f"smoke-sub-{unique}")
     sub.on_subscribe = lambda *a: subscribed.set()
-    sub.on_message = lambda c, u, msg: (got.append(msg.payload), arrived.set())
+    sub.on_message = on_message
     sub.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
     mqtt_connect(sub, mqtt_ready)
     sub.loop_start()
@@ -45,8 +50,13 @@ def test_mqtt_refuses_wrong_password(mqtt_ready: Settings, unique: str) -> None:
     bad = mqtt_ready.model_copy(update={"mqtt_password": SecretStr("definitely-wrong")})
     outcome: list[Any] = []
     done = threading.Event()
+
+    def on_connect(client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        outcome.append(rc)
+        done.set()
+
     client = mqtt_client(bad, f"smoke-bad-{unique}")
-    client.on_connect = lambda c, u, f, rc, p: (outcome.append(rc), done.set())
+    client.on_connect = on_connect
     mqtt_connect(client, bad)
     client.loop_start()
     try:

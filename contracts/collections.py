@@ -1,0 +1,52 @@
+"""The MongoDB collections of edgepipe and the indexes every service relies
+on, defined once: two services creating the same keys under different names
+would make the second one fail (IndexOptionsConflict)."""
+
+from collections.abc import Iterable
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.database import Database
+
+READINGS = "readings"
+ANALYTICS = "analytics"
+WINDOWS = "windows"
+STATS = "stats"
+DEAD_LETTERS = "dead_letters"
+
+# What the sinks look up and the API filters and sorts on. Names are pymongo's
+# defaults, so creating an existing index is a no-op from any service.
+INDEXES: dict[str, list[IndexModel]] = {
+    READINGS: [
+        IndexModel([("device_id", ASCENDING), ("sensor", ASCENDING), ("ts", ASCENDING)]),
+        IndexModel([("sensor", ASCENDING), ("ts", ASCENDING)]),
+        IndexModel([("ts", ASCENDING), ("_id", ASCENDING)]),
+    ],
+    ANALYTICS: [
+        IndexModel([("device_id", ASCENDING), ("sensor", ASCENDING), ("ts", ASCENDING)]),
+        IndexModel([("ts", ASCENDING), ("_id", ASCENDING)]),
+        IndexModel([("scored_at", ASCENDING), ("_id", ASCENDING)]),
+    ],
+    WINDOWS: [
+        IndexModel([("device_id", ASCENDING), ("sensor", ASCENDING), ("size_s", ASCENDING),
+                    ("start_ns", DESCENDING)]),
+        IndexModel([("sensor", ASCENDING), ("size_s", ASCENDING), ("start_ns", DESCENDING)]),
+        IndexModel([("start", ASCENDING), ("_id", ASCENDING)]),
+    ],
+    DEAD_LETTERS: [
+        IndexModel([("reason", ASCENDING), ("received_at", DESCENDING)]),
+        IndexModel([("received_at", DESCENDING)]),
+    ],
+}
+
+
+def ensure_indexes(db: Database[dict[str, Any]], collections: Iterable[str]) -> None:
+    for name in collections:
+        db[name].create_indexes(INDEXES[name])
+
+
+async def ensure_indexes_async(db: AsyncDatabase[dict[str, Any]],
+                               collections: Iterable[str]) -> None:
+    for name in collections:
+        await db[name].create_indexes(INDEXES[name])

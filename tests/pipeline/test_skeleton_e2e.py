@@ -1,0 +1,141 @@
+"""The walking skeleton, end to end on the real services: simulated devices
+publish over MQTT, the bridge forwards into Kafka and MongoDB, the model
+worker scores with a model loaded from a file, and the results reach
+`iot.analytics`, Kafka `analytics` and MQTT; the API answers on the same data.
+Every service is its own `python -m` process, started as a user would."""
+
+import json
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from pymongo import MongoClient
+
+from contracts.clients import mqtt_client, mqtt_connect
+from contracts.settings import Settings
+from tests.support import REPO, ServiceProcess, free_port, service_env, wait_for
+
+DEVICES, TICKS = 2, 5
+
+
+class ResultCollector:
+    """Subscribes to this test's results topic and keeps every payload."""
+
+    def __init__(self, settings: Settings, topic: str, client_id: str) -> None:
+        self.results: list[dict[str, Any]] = []
+        self.topics: set[str] = set()
+        self._lock = threading.Lock()
+        subscribed = threading.Event()
+        self.client = mqtt_client(settings, client_id)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *a: subscribed.set()
+        self.client.on_message = self._on_message
+        mqtt_connect(self.client, settings)
+        self.client.loop_start()
+        assert subscribed.wait(10), "results subscription not acknowledged"
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.results.append(json.loads(msg.payload))
+            self.topics.add(msg.topic)
+
+    def event_ids(self) -> set[str]:
+        with self._lock:
+            return {r["event_id"] for r in self.results}
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def pipeline(services: Settings, unique: str,
+             tmp_path: Path) -> Iterator[dict[str, ServiceProcess]]:
+    models = tmp_path / "models"
+    made = subprocess.run([sys.executable, "-m", "model_worker", "make-demo-model",
+                           "--out", str(models / "default.json")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    env = service_env(
+        services, unique,
+        MODEL_PATH=str(models),
+        BRIDGE_CLIENT_ID=f"bridge-{unique}", BRIDGE_SESSION_EXPIRY_S="120",
+        BRIDGE_HTTP_PORT=str(free_port()), BRIDGE_SINK_BATCH_WAIT_MS="50",
+        WORKER_INSTANCE_ID=f"worker-{unique}", WORKER_HTTP_PORT=str(free_port()),
+        WORKER_BATCH_WAIT_MS="50",
+        API_PORT=str(free_port()),
+    )
+    procs = {
+        "bridge": ServiceProcess("bridge", env, tmp_path / "bridge.log",
+                                 http_port=int(env["BRIDGE_HTTP_PORT"])),
+        "model_worker": ServiceProcess("model_worker", env, tmp_path / "worker.log",
+                                       http_port=int(env["WORKER_HTTP_PORT"])),
+        "api": ServiceProcess("api", env, tmp_path / "api.log", http_port=int(env["API_PORT"])),
+    }
+    for proc in procs.values():
+        proc.start()
+    try:
+        procs["bridge"].wait_ready(90)
+        procs["model_worker"].wait_ready(90)
+        procs["api"].wait_ready(60, path="/health")
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.kill()
+
+
+def test_a_published_reading_reaches_every_destination(
+        pipeline: dict[str, ServiceProcess], services: Settings, unique: str,
+        mongo: MongoClient[dict[str, Any]]) -> None:
+    results = ResultCollector(services, f"t/{unique}/analytics/+/+", f"e2e-results-{unique}")
+    try:
+        simulator = subprocess.run(
+            [sys.executable, "-m", "edge_simulator", "--devices", str(DEVICES), "--rate", "5",
+             "--count", str(TICKS), "--sensors", "temperature", "--device-prefix", f"e2e{unique}",
+             "--topic-prefix", f"t/{unique}/", "--no-http", "--seed", "7"],
+            cwd=REPO, env=pipeline["bridge"].env, capture_output=True, text=True, timeout=120)
+        assert simulator.returncode == 0, simulator.stderr[-2000:]
+        summary = json.loads(simulator.stdout.strip().splitlines()[-1])["summary"]
+        expected = DEVICES * TICKS
+        assert summary["acked"] == expected, summary
+
+        db = mongo[services.mongo_db]
+        wait_for(lambda: db.readings.count_documents({}) == expected, 60,
+                 f"{expected} readings in iot.readings "
+                 f"(bridge log: {pipeline['bridge'].log_tail()})")
+        wait_for(lambda: db.analytics.count_documents({}) == expected, 60,
+                 f"{expected} results in iot.analytics "
+                 f"(worker log: {pipeline['model_worker'].log_tail()})")
+        wait_for(lambda: len(results.event_ids()) == expected, 30,
+                 f"{expected} results over MQTT")
+
+        stored_ids = {d["_id"] for d in db.readings.find({}, {"_id": 1})}
+        assert {d["_id"] for d in db.analytics.find({}, {"_id": 1})} == stored_ids
+        assert results.event_ids() == stored_ids
+        assert results.topics == {f"t/{unique}/analytics/e2e{unique}-{i}/temperature"
+                                  for i in range(DEVICES)}
+        for result in results.results:
+            assert result["model"]["kind"] == "prophet"
+            assert result["yhat_lower"] <= result["yhat"] <= result["yhat_upper"]
+            assert result["anomaly"] == (not result["yhat_lower"] <= result["value"]
+                                         <= result["yhat_upper"])
+
+        api = pipeline["api"]
+        status, body = api.get(f"/readings?device_id=e2e{unique}-0&sensor=temperature")
+        assert status == 200, body
+        assert len(body["items"]) == TICKS
+        times = [item["ts"] for item in body["items"]]
+        assert times == sorted(times)
+        with urllib.request.urlopen(f"http://127.0.0.1:{api.http_port}/health", timeout=5) as r:
+            assert r.status == 200
+    finally:
+        results.close()
+
+    for name, proc in pipeline.items():
+        assert proc.terminate() == 0, f"{name} did not exit cleanly:\n{proc.log_tail()}"

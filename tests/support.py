@@ -1,0 +1,117 @@
+"""Helpers for tests that run edgepipe services as real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from contracts.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll `condition` until it returns something truthy; fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def service_env(settings: Settings, unique: str, **extra: str) -> dict[str, str]:
+    """Environment that points a service subprocess at this test's topics,
+    database, groups and MQTT topic root."""
+    return {
+        **os.environ,
+        "KAFKA_TOPIC_READINGS": settings.kafka_topic_readings,
+        "KAFKA_TOPIC_DLQ": settings.kafka_topic_dlq,
+        "KAFKA_TOPIC_ANALYTICS": settings.kafka_topic_analytics,
+        "KAFKA_TOPIC_WINDOWS": settings.kafka_topic_windows,
+        "KAFKA_PARTITIONS": str(settings.kafka_partitions),
+        "MONGO_DB": settings.mongo_db,
+        "BRIDGE_TOPIC_PREFIX": f"t/{unique}/",
+        "BRIDGE_SHARE_GROUP": settings.bridge_share_group,
+        "BRIDGE_SINK_GROUP": settings.bridge_sink_group,
+        "WORKER_GROUP": settings.worker_group,
+        "MQTT_RESULTS_TOPIC": f"t/{unique}/analytics/{{device_id}}/{{sensor}}",
+        "ANALYTICS_MQTT_WINDOW_TOPIC": f"t/{unique}/analytics/{{device_id}}/{{sensor}}/window",
+        "ANALYTICS_MQTT_STATS_TOPIC": f"t/{unique}/analytics/{{device_id}}/{{sensor}}/stats",
+        "SIMULATOR_TOPIC_PREFIX": f"t/{unique}/",
+        "LOG_FORMAT": "json",
+        **extra,
+    }
+
+
+class ServiceProcess:
+    """One `python -m <module> [args]` subprocess with its log in a file and
+    its operations endpoint on `http_port`."""
+
+    def __init__(self, module: str, env: dict[str, str], log_path: Path, *,
+                 args: tuple[str, ...] = (), http_port: int | None = None) -> None:
+        self.module = module
+        self.env = env
+        self.log_path = log_path
+        self.args = args
+        self.http_port = http_port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServiceProcess:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", self.module, *self.args],
+                                         cwd=REPO, env=self.env, stdout=log, stderr=log)
+        return self
+
+    def get(self, path: str) -> tuple[int, Any]:
+        """Status and JSON body of GET `path` on the service; (0, None) if unreachable."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}",
+                                        timeout=2) as resp:
+                return resp.status, orjson.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, orjson.loads(exc.read() or b"null")
+        except OSError:
+            return 0, None
+
+    def wait_ready(self, timeout: float = 60.0, path: str = "/ready") -> None:
+        def ready() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, (
+                f"{self.module} exited early:\n{self.log_tail()}")
+            return self.get(path)[0] == 200
+
+        wait_for(ready, timeout, f"{self.module} {path} (log tail: {self.log_tail()})")
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        if not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")[-chars:]
