@@ -11,7 +11,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
@@ -21,34 +20,17 @@ from api.routes import ingest, metrics, ops, queries, stream
 from api.routes.ops import STATIC
 from api.stream_hub import StreamHub
 from contracts.clients import async_mongo_client, kafka_producer
+from contracts.collections import ANALYTICS, READINGS, WINDOWS, ensure_indexes_async
 from contracts.errors import SchemaError, ServiceUnavailable
 from contracts.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# What the queries filter and sort on; creating an existing index is a no-op.
-INDEXES: dict[str, list[list[tuple[str, int]]]] = {
-    "readings": [[("sensor", ASCENDING), ("ts", ASCENDING)],
-                 [("device_id", ASCENDING), ("sensor", ASCENDING), ("ts", ASCENDING)],
-                 [("ts", ASCENDING), ("_id", ASCENDING)]],
-    "analytics": [[("scored_at", ASCENDING), ("_id", ASCENDING)],
-                  [("ts", ASCENDING), ("_id", ASCENDING)],
-                  [("device_id", ASCENDING), ("sensor", ASCENDING), ("ts", ASCENDING)]],
-    "windows": [[("sensor", ASCENDING), ("size_s", ASCENDING), ("start_ns", DESCENDING)],
-                [("device_id", ASCENDING), ("sensor", ASCENDING), ("size_s", ASCENDING),
-                 ("start_ns", DESCENDING)],
-                [("start", ASCENDING), ("_id", ASCENDING)]],
-}
-
-
 async def ensure_indexes(db: AsyncDatabase[dict[str, Any]]) -> None:
-    for collection, indexes in INDEXES.items():
-        for keys in indexes:
-            try:
-                await db[collection].create_index(keys)
-            except PyMongoError as exc:  # e.g. the same keys under another name: still usable
-                log.warning("index not created", extra={"collection": collection,
-                                                        "keys": str(keys), "error": str(exc)})
+    try:
+        await ensure_indexes_async(db, (READINGS, ANALYTICS, WINDOWS))
+    except PyMongoError as exc:  # queries still work without them, only slower
+        log.warning("indexes not created", extra={"error": str(exc)})
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -57,9 +39,7 @@ def create_app(settings: Settings) -> FastAPI:
         mongo = async_mongo_client(settings)
         db = mongo[settings.mongo_db]
         pipe = IngestPipe(settings, kafka_producer(settings))
-        hub = StreamHub(db, poll_s=settings.api_stream_poll_ms / 1000,
-                        overlap_s=settings.api_stream_overlap_s,
-                        queue_size=settings.api_stream_queue_size)
+        hub = StreamHub(db, settings)
         app.state.db, app.state.ingest, app.state.hub = db, pipe, hub
         try:
             await ensure_indexes(db)

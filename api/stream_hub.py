@@ -1,12 +1,13 @@
 """Live scored results for `GET /stream`.
 
-Source: MongoDB `iot.analytics`, polled by `scored_at` by ONE task shared by
-all clients, and only while someone is listening. FerretDB has no change
-streams, and resuming from `Last-Event-ID` needs a query over stored results
-anyway, so the live path and the resume path read the same collection: the
-order `(scored_at, _id)` is the SSE event id. Each poll re-reads the last
-`overlap` seconds, because a worker may commit a result stamped slightly before
-one another worker already committed; ids already sent are skipped.
+Live source: MQTT `analytics/{device_id}/{sensor}` (the model worker publishes
+every scored result there, QoS 1), one subscription shared by all clients.
+Resume source: MongoDB `iot.analytics`, ordered by `(scored_at, _id)`, which
+is also the SSE event id. Polling MongoDB for the live feed was the other
+option; FerretDB (SQLite) has no change streams and pushes down no range
+filter, so every poll would scan the whole collection; MQTT costs nothing
+while idle and reaches clients within milliseconds. MongoDB is read only to
+replay: after `Last-Event-ID`, `since`, or a client's overflow.
 
 Back-pressure: each client has a bounded queue. When it fills, the client is
 not cut off and nothing is dropped: it leaves the live feed, reads what it
@@ -20,14 +21,20 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiomqtt
+import orjson
 from pymongo.asynchronous.database import AsyncDatabase
 
 from api.pagination import after_cursor, as_utc, encode_cursor
+from api.timeparse import parse_time
+from contracts.errors import EdgepipeError
 from contracts.events import NS_PER_MS, datetime_to_ns, ns_to_datetime
+from contracts.settings import Settings
 
 log = logging.getLogger(__name__)
 Cursor = tuple[int, str]  # (scored_at in epoch ms, _id)
@@ -48,6 +55,25 @@ def parse_event_id(text: str) -> Cursor | None:
     if not dash or not ms.isdigit() or not doc_id:
         return None
     return int(ms), doc_id
+
+
+def results_filter(template: str) -> str:
+    """`analytics/{device_id}/{sensor}` -> `analytics/+/+`."""
+    return template.replace("{device_id}", "+").replace("{sensor}", "+")
+
+
+def document_from_message(payload: bytes) -> dict[str, Any]:
+    """A published result (ScoredResult JSON) in the stored document's shape."""
+    try:
+        doc = orjson.loads(payload)
+        doc["_id"] = str(doc.pop("event_id"))
+        doc["scored_at"] = ns_to_datetime(parse_time("scored_at", doc["scored_at"]))
+        doc["ts"] = ns_to_datetime(parse_time("ts", doc["ts"]))
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, EdgepipeError) as exc:
+        raise EdgepipeError(f"not a scored result: {exc}") from exc
+    if not isinstance(doc.get("device_id"), str) or not isinstance(doc.get("sensor"), str):
+        raise EdgepipeError("not a scored result: device_id and sensor must be strings")
+    return dict(doc)
 
 
 @dataclass(slots=True)
@@ -80,20 +106,17 @@ class Subscriber:
 
 
 class StreamHub:
-    def __init__(self, db: AsyncDatabase[dict[str, Any]], *, poll_s: float, overlap_s: float,
-                 queue_size: int) -> None:
+    def __init__(self, db: AsyncDatabase[dict[str, Any]], settings: Settings) -> None:
         self.db = db
-        self.poll_s = poll_s
-        self.overlap_ms = int(overlap_s * 1000)
-        self.queue_size = queue_size
+        self.settings = settings
+        self.overlap_ms = int(settings.api_stream_overlap_s * 1000)
         self.subscribers: set[Subscriber] = set()
-        self.position: Cursor = (0, "")
-        self._seen: dict[str, int] = {}  # _id -> scored_at ms, for the overlap re-read
-        self._active = asyncio.Event()
+        self.subscribed = asyncio.Event()  # set while the MQTT subscription is live
+        self._seen: dict[str, int] = {}  # QoS 1 may redeliver: _id -> arrival ms
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="stream-hub")
+        self._task = asyncio.create_task(self._listen(), name="stream-hub")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -102,60 +125,56 @@ class StreamHub:
                 await self._task
 
     def attach(self, stream_filter: StreamFilter) -> Subscriber:
-        if not self.subscribers:
-            # Idle until now: start from the present; the overlap covers late commits.
-            self.position = (time.time_ns() // NS_PER_MS, "")
-            self._seen.clear()
-        sub = Subscriber(stream_filter, asyncio.Queue(self.queue_size))
+        sub = Subscriber(stream_filter, asyncio.Queue(self.settings.api_stream_queue_size))
         self.subscribers.add(sub)
-        self._active.set()
         return sub
 
     def detach(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
-        if not self.subscribers:
-            self._active.clear()
 
     @property
     def low_mark_ms(self) -> int:
-        """Results stamped before this are never delivered live again."""
-        return self.position[0] - self.overlap_ms
+        """Results stamped before this will not arrive live any more (bar a
+        publisher running late by more than the overlap)."""
+        return time.time_ns() // NS_PER_MS - self.overlap_ms
 
-    async def _run(self) -> None:
+    async def _listen(self) -> None:
+        settings = self.settings
+        topic = results_filter(settings.mqtt_results_topic)
         while True:
-            await self._active.wait()
             try:
-                for doc in await self._poll():
-                    self._publish(doc)
-            except Exception:  # a Mongo hiccup must not end the live feed
-                log.exception("stream poll failed; retrying")
-            await asyncio.sleep(self.poll_s)
+                async with aiomqtt.Client(
+                        settings.mqtt_host, settings.mqtt_port,
+                        username=settings.mqtt_username,
+                        password=settings.mqtt_password.get_secret_value(),
+                        identifier=f"edgepipe-api-{uuid.uuid4().hex[:10]}",
+                        keepalive=settings.mqtt_keepalive) as client:
+                    await client.subscribe(topic, qos=1)
+                    self.subscribed.set()
+                    log.info("stream subscribed", extra={"topic": topic})
+                    async for message in client.messages:
+                        self._receive(bytes(message.payload))
+            except aiomqtt.MqttError as exc:
+                self.subscribed.clear()
+                log.warning("stream MQTT connection lost; retrying", extra={"error": str(exc)})
+                await asyncio.sleep(2)
 
-    async def _poll(self) -> list[dict[str, Any]]:
-        analytics = self.db.analytics
-        fresh = await analytics.find(
-            after_cursor("scored_at", _cursor_token(self.position))
-        ).sort([("scored_at", 1), ("_id", 1)]).limit(PAGE * 4).to_list(None)
-        recent = await analytics.find(
-            {"scored_at": {"$gte": ns_to_datetime(self.low_mark_ms * NS_PER_MS),
-                           "$lte": ns_to_datetime(self.position[0] * NS_PER_MS)}},
-            {"_id": 1}).to_list(None)
-        late_ids = [d["_id"] for d in recent if str(d["_id"]) not in self._seen]
-        late = (await analytics.find({"_id": {"$in": late_ids}}).to_list(None)
-                if late_ids else [])
-        batch: list[dict[str, Any]] = []
-        for doc in late + fresh:
-            cursor = cursor_of(doc)
-            if cursor[1] in self._seen:
-                continue
-            self._seen[cursor[1]] = cursor[0]
-            self.position = max(self.position, cursor)
-            batch.append(doc)
-        floor = self.low_mark_ms
-        self._seen = {k: v for k, v in self._seen.items() if v >= floor}
-        return batch
+    def _receive(self, payload: bytes) -> None:
+        try:
+            doc = document_from_message(payload)
+        except EdgepipeError as exc:
+            log.warning("ignored a message on the results topic", extra={"error": str(exc)})
+            return
+        now_ms = time.time_ns() // NS_PER_MS
+        if doc["_id"] in self._seen:
+            return
+        self._seen[doc["_id"]] = now_ms
+        if len(self._seen) > 100_000:
+            floor = now_ms - self.overlap_ms
+            self._seen = {k: v for k, v in self._seen.items() if v >= floor}
+        self.publish(doc)
 
-    def _publish(self, doc: dict[str, Any]) -> None:
+    def publish(self, doc: dict[str, Any]) -> None:
         for sub in list(self.subscribers):
             if sub.overflowed or not sub.filter.matches(doc):
                 continue

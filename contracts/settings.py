@@ -128,10 +128,9 @@ class Settings(BaseSettings):
     api_page_limit_default: int = Field(100, ge=1)
     api_page_limit_max: int = Field(1000, ge=1)
     api_max_range_days: int = Field(366, ge=1)
-    api_stream_poll_ms: int = Field(250, ge=10)
     api_stream_heartbeat_s: float = Field(15.0, gt=0)
     api_stream_queue_size: int = Field(1000, ge=1)
-    api_stream_overlap_s: float = Field(5.0, ge=0)  # re-read this far back: writers commit late
+    api_stream_overlap_s: float = Field(5.0, ge=0)  # replay/live overlap deduplicated
     api_dashboard_window_s: int = Field(60, ge=5)
     api_dashboard_std_k: float = Field(3.0, gt=0)
     api_ingest_timeout_s: float = Field(30.0, gt=0)

@@ -26,7 +26,8 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready")
 async def ready(request: Request, db: DbDep) -> JSONResponse:
-    """MongoDB answers a ping and Kafka lists its topics: 200, else 503 with details."""
+    """MongoDB answers a ping, Kafka lists its topics and the live results are
+    subscribed on MQTT: 200, else 503 with details."""
     details: dict[str, Any] = {}
     try:
         await asyncio.wait_for(db.command("ping"), 3)
@@ -39,6 +40,8 @@ async def ready(request: Request, db: DbDep) -> JSONResponse:
         details["kafka"] = "ok"
     except Exception as exc:
         details["kafka"] = f"unavailable: {exc}"
+    hub = request.app.state.hub
+    details["mqtt"] = "ok" if hub.subscribed.is_set() else "not subscribed to results yet"
     is_ready = all(v == "ok" for v in details.values())
     return JSONResponse({"ready": is_ready, **details}, status_code=200 if is_ready else 503)
 

@@ -12,12 +12,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 from pymongo import MongoClient
 
 from api.main import create_app
+from contracts.clients import mqtt_client, mqtt_connect
 from contracts.events import NS_PER_S, Reading, make_event_id
 from contracts.results import ModelStamp, ScoredResult
 from contracts.settings import Settings
@@ -92,8 +94,22 @@ class Store:
             if docs:
                 self.db.windows.insert_many(docs, ordered=False)
 
-    def results(self, results: list[ScoredResult]) -> None:
+    def results(self, results: list[ScoredResult], *, publish: bool = True) -> None:
+        """Stored, then published on MQTT, as the model worker does."""
         self.db.analytics.insert_many([r.to_document() for r in results], ordered=False)
+        if not publish:
+            return
+        client = mqtt_client(self.settings)
+        mqtt_connect(client, self.settings)
+        client.loop_start()
+        try:
+            sent = [client.publish(self.settings.mqtt_results_topic.format(
+                device_id=r.device_id, sensor=r.sensor), r.to_json(), qos=1) for r in results]
+            for info in sent:
+                info.wait_for_publish(10)
+        finally:
+            client.disconnect()
+            client.loop_stop()
 
     def clear(self) -> None:
         for name in ("readings", "windows", "analytics", "stats"):
@@ -103,7 +119,8 @@ class Store:
 @pytest.fixture
 def api_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={
-        "api_stream_heartbeat_s": 0.5, "api_stream_poll_ms": 100, "api_stream_overlap_s": 1.0,
+        "api_stream_heartbeat_s": 0.5, "api_stream_overlap_s": 1.0,
+        "mqtt_results_topic": f"t/{settings.mongo_db}/analytics/{{device_id}}/{{sensor}}",
         "api_ingest_token": settings.api_ingest_token, "analytics_window_sizes_s": list(SIZES)})
 
 
@@ -112,9 +129,21 @@ def store(mongo: MongoClient[dict[str, Any]], api_settings: Settings) -> Store:
     return Store(mongo, api_settings)
 
 
+def wait_ready(get: Any, timeout_s: float = 15) -> None:
+    """Until MongoDB, Kafka and the MQTT results subscription are all up."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = get("/ready")
+        if response.status_code == 200:
+            return
+        assert time.monotonic() < deadline, f"API not ready: {response.text}"
+        time.sleep(0.1)
+
+
 @pytest.fixture
-def client(store: Store, api_settings: Settings) -> Iterator[TestClient]:
+def client(store: Store, api_settings: Settings, mqtt_ready: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(api_settings)) as test_client:
+        wait_ready(test_client.get)
         yield test_client
 
 
@@ -125,7 +154,7 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def live_server(store: Store, api_settings: Settings) -> Iterator[str]:
+def live_server(store: Store, api_settings: Settings, mqtt_ready: Settings) -> Iterator[str]:
     """The app under uvicorn in a thread; yields its base URL."""
     port = free_port()
     config = uvicorn.Config(create_app(api_settings), host="127.0.0.1", port=port,
@@ -138,6 +167,8 @@ def live_server(store: Store, api_settings: Settings) -> Iterator[str]:
         assert time.monotonic() < deadline, "uvicorn did not start within 20 s"
         assert thread.is_alive(), "uvicorn exited at start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(lambda path: httpx.get(url + path, timeout=5))
+    yield url
     server.should_exit = True
     thread.join(10)

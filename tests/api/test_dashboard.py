@@ -94,7 +94,7 @@ def test_dashboard_shows_live_points_and_an_injected_anomaly(
             history.append(make_result(device, "temperature", ts, base + (i % 7) * 0.3,
                                        anomaly=device == "pump-1" and i == 30,
                                        scored_at_ns=ts))
-    store.results(history)
+    store.results(history, publish=False)
     browser.call("Page.enable")
     browser.call("Page.navigate", url=live_server + "/")
     browser.wait_for("document.querySelectorAll('.panel').length === 2")

@@ -97,7 +97,7 @@ def test_health_ready_metrics_docs(client: TestClient) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     ready = client.get("/ready")
     assert ready.status_code == 200 and ready.json() == {"ready": True, "mongo": "ok",
-                                                         "kafka": "ok"}
+                                                         "kafka": "ok", "mqtt": "ok"}
     client.get("/readings")
     metrics = client.get("/metrics").text
     assert 'api_requests_total{method="GET",route="/readings",status="200"}' in metrics

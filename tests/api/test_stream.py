@@ -76,7 +76,7 @@ def test_stream_sends_heartbeats_when_idle(live_server: str) -> None:
 def test_stream_resumes_after_last_event_id(live_server: str, store: Store) -> None:
     base = time.time_ns() - 10 * 1_000_000_000
     store.results([make_result("d1", "temp", base + i, float(i), scored_at_ns=base + i * 10**6)
-                   for i in range(5)])
+                   for i in range(5)], publish=False)
     first, _, _ = read_events(live_server, 5, params={"since": str(base // 10**6 - 1)})
     assert [e["value"] for e in first] == [0.0, 1.0, 2.0, 3.0, 4.0]
     resume_from = first[1]["id"]
@@ -103,16 +103,17 @@ async def test_slow_client_loses_nothing_when_its_queue_overflows(
     queued, then reads the rest from MongoDB, in order, without duplicates."""
     mongo = async_mongo_client(api_settings)
     try:
-        hub = StreamHub(mongo[api_settings.mongo_db], poll_s=0.1, overlap_s=1, queue_size=2)
+        hub = StreamHub(mongo[api_settings.mongo_db],
+                        api_settings.model_copy(update={"api_stream_queue_size": 2}))
         now = time.time_ns()
         results = [make_result("d1", "temp", now + i, float(i), scored_at_ns=now + i * 10**6)
                    for i in range(6)]
         events = _events(hub, StreamFilter(), None, heartbeat_s=0.5)
         assert (await anext(events)).startswith(b"retry:")
-        store.results(results)
+        store.results(results, publish=False)
         docs = store.db.analytics.find().sort([("scored_at", 1), ("_id", 1)]).to_list()
         for doc in docs:
-            hub._publish(doc)
+            hub.publish(doc)
         (sub,) = hub.subscribers
         assert sub.overflowed and sub.queue.qsize() == 2
         got = [await asyncio.wait_for(anext(events), 10) for _ in range(6)]
