@@ -26,10 +26,11 @@ import httpx
 import uvicorn
 from pymongo import MongoClient
 
-from api.main import INDEXES, create_app
+from api.main import create_app
 from api.metrics_logic import parse_metrics_request
 from api.metrics_store import compute_metrics
 from contracts.clients import async_mongo_client, ensure_topics, kafka_admin, mongo_client
+from contracts.collections import READINGS, WINDOWS, ensure_indexes
 from contracts.events import NS_PER_S, Reading, make_event_id, ns_to_iso
 from contracts.settings import Settings, get_settings
 from contracts.windows import Moments, WindowRecord
@@ -90,9 +91,7 @@ def load(db: Any, n: int) -> None:
         db.windows.insert_many(docs[i:i + BATCH], ordered=False)
     print(f"\n  {n:,} readings and {len(docs):,} windows in "
           f"{time.perf_counter() - started:.1f} s")
-    for collection, indexes in INDEXES.items():
-        for keys in indexes:
-            db[collection].create_index(keys)
+    ensure_indexes(db, (READINGS, WINDOWS))
     db.bench_meta.insert_one({"_id": "spec", "readings": n, "complete": True})
 
 
