@@ -117,11 +117,15 @@ def percentiles(samples: list[float]) -> dict[str, float]:
             "p95_ms": round(p95 * 1000, 2), "n": len(ordered)}
 
 
-def time_api(url: str, spans: list[tuple[int, int]]) -> tuple[list[float], list[Any]]:
+def time_api(url: str, spans: list[tuple[int, int]],
+             budget_s: float) -> tuple[list[float], list[Any]]:
     samples, answers = [], []
-    with httpx.Client(timeout=120) as http:
+    stop_at = time.monotonic() + budget_s
+    with httpx.Client(timeout=600) as http:
         http.post(url + "/compute/metrics", json=body(*spans[0]))  # warm-up
         for start, end in spans:
+            if len(samples) >= 2 and time.monotonic() > stop_at:
+                break
             began = time.perf_counter()
             response = http.post(url + "/compute/metrics", json=body(start, end))
             samples.append(time.perf_counter() - began)
@@ -130,15 +134,19 @@ def time_api(url: str, spans: list[tuple[int, int]]) -> tuple[list[float], list[
     return samples, answers
 
 
-def time_naive(settings: Settings, spans: list[tuple[int, int]]) -> tuple[list[float], list[Any]]:
+def time_naive(settings: Settings, spans: list[tuple[int, int]],
+               budget_s: float) -> tuple[list[float], list[Any]]:
     """The same computation reading every raw reading in the range (no windows),
     in-process: no HTTP overhead, which only flatters the naive side."""
     async def run() -> tuple[list[float], list[Any]]:
         client = async_mongo_client(settings)
         db = client[settings.mongo_db]
         samples, answers = [], []
+        stop_at = time.monotonic() + budget_s
         try:
             for start, end in spans:
+                if len(samples) >= 2 and time.monotonic() > stop_at:
+                    break
                 request = parse_metrics_request(body(start, end), max_days=366)
                 began = time.perf_counter()
                 result = await compute_metrics(db, request, [])
@@ -202,6 +210,8 @@ def main() -> None:
     parser.add_argument("--readings", type=int, default=1_000_000)
     parser.add_argument("--quick", action="store_true", help="fewer repeats, 100k readings")
     parser.add_argument("--db", default="bench_api")
+    parser.add_argument("--budget-s", type=float, default=120,
+                        help="stop repeating a case after this long (at least 2 samples)")
     args = parser.parse_args()
     n = 100_000 if args.quick and args.readings == 1_000_000 else args.readings
     repeats = 5 if args.quick else 40
@@ -223,8 +233,8 @@ def main() -> None:
     try:
         for hours in (1, 24):
             spans = ranges(hours, repeats, rng)
-            api_s, api_answers = time_api(url, spans)
-            naive_s, naive_answers = time_naive(settings, spans[:naive_repeats])
+            api_s, api_answers = time_api(url, spans, args.budget_s)
+            naive_s, naive_answers = time_naive(settings, spans[:naive_repeats], args.budget_s)
             for got, want in zip(api_answers, naive_answers, strict=False):
                 assert got["count"] == want["count"] and got["max"] == want["max"], (got, want)
             api_p, naive_p = percentiles(api_s), percentiles(naive_s)
