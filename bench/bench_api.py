@@ -119,7 +119,8 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 def time_api(url: str, spans: list[tuple[int, int]],
              budget_s: float) -> tuple[list[float], list[Any]]:
-    samples, answers = [], []
+    samples: list[float] = []
+    answers: list[Any] = []
     stop_at = time.monotonic() + budget_s
     with httpx.Client(timeout=600) as http:
         http.post(url + "/compute/metrics", json=body(*spans[0]))  # warm-up
@@ -141,7 +142,8 @@ def time_naive(settings: Settings, spans: list[tuple[int, int]],
     async def run() -> tuple[list[float], list[Any]]:
         client = async_mongo_client(settings)
         db = client[settings.mongo_db]
-        samples, answers = [], []
+        samples: list[float] = []
+        answers: list[Any] = []
         stop_at = time.monotonic() + budget_s
         try:
             for start, end in spans:
