@@ -20,7 +20,9 @@ KNOWN_LOCAL_SECRETS = frozenset({"edgepipe-local", "changethis", "example", "pas
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False,
+        # `NAME=` in .env (as .env.example lists optional settings) means "the default".
+        env_ignore_empty=True,
     )
 
     # --- general ---
@@ -124,7 +126,7 @@ class Settings(BaseSettings):
     # --- API ---
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
-    api_ingest_token: SecretStr = SecretStr("edgepipe-local")  # empty: ingest needs no token
+    api_ingest_token: SecretStr = SecretStr("edgepipe-local")
     api_page_limit_default: int = Field(100, ge=1)
     api_page_limit_max: int = Field(1000, ge=1)
     api_max_range_days: int = Field(366, ge=1)
@@ -147,6 +149,7 @@ class Settings(BaseSettings):
         shipped = {
             "MQTT_PASSWORD": self.mqtt_password,
             "MONGO_EXPRESS_PASSWORD": self.mongo_express_password,
+            "API_INGEST_TOKEN": self.api_ingest_token,
         }
         unsafe = [name for name, value in shipped.items()
                   if value.get_secret_value() in KNOWN_LOCAL_SECRETS]

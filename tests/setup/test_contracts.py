@@ -75,4 +75,5 @@ def test_production_refuses_shipped_passwords(monkeypatch: pytest.MonkeyPatch) -
     get_settings.cache_clear()
     monkeypatch.setenv("MQTT_PASSWORD", "a-real-secret")
     monkeypatch.setenv("MONGO_EXPRESS_PASSWORD", "another-real-secret")
+    monkeypatch.setenv("API_INGEST_TOKEN", "a-real-token")
     assert Settings().edgepipe_env == "production"
