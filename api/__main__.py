@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import uvicorn
 
 from api.main import create_app
@@ -14,6 +16,11 @@ def main() -> None:
     configure_logging("api", settings.log_level, settings.log_format)
     # Open /stream connections would hold a graceful shutdown forever; cut them after 5 s
     # (browsers reconnect with Last-Event-ID and lose nothing).
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to
+    # the handler that was there before it; with Python's defaults that turns a
+    # clean stop into exit -15 or a KeyboardInterrupt traceback.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port,
                 log_config=None, timeout_graceful_shutdown=5, access_log=False)
 
