@@ -86,12 +86,14 @@ def committed(settings: Any, group: str, topic: str, partitions: int) -> int:
     return sum(max(tp.offset, 0) for tp in offsets)
 
 
-def bench_worker(model_dir: Path, events: int, timeout_s: float) -> dict[str, Any]:
+def bench_worker(model_dir: Path, events: int, timeout_s: float,
+                 analytics: bool) -> dict[str, Any]:
     settings = get_settings()
     tag = uuid.uuid4().hex[:8]
     topics = {"KAFKA_TOPIC_READINGS": f"bench.{tag}.readings",
               "KAFKA_TOPIC_DLQ": f"bench.{tag}.readings.dlq",
-              "KAFKA_TOPIC_ANALYTICS": f"bench.{tag}.analytics"}
+              "KAFKA_TOPIC_ANALYTICS": f"bench.{tag}.analytics",
+              "KAFKA_TOPIC_WINDOWS": f"bench.{tag}.readings.windows"}
     ensure_topics(settings, list(topics.values()))
     producer = kafka_producer(settings, **{"linger.ms": 50, "batch.num.messages": 10_000})
     for reading in make_readings(events):
@@ -106,7 +108,10 @@ def bench_worker(model_dir: Path, events: int, timeout_s: float) -> dict[str, An
     group = f"bench-worker-{tag}"
     env = {**os.environ, **topics, "MODEL_PATH": str(model_dir), "WORKER_GROUP": group,
            "MONGO_DB": f"bench_{tag}", "WORKER_HTTP_PORT": "0", "LOG_LEVEL": "WARNING",
-           "MQTT_RESULTS_TOPIC": f"bench/{tag}/analytics/{{device_id}}/{{sensor}}"}
+           "MQTT_RESULTS_TOPIC": f"bench/{tag}/analytics/{{device_id}}/{{sensor}}",
+           "ANALYTICS_ENABLED": str(analytics).lower(),
+           "ANALYTICS_MQTT_WINDOW_TOPIC": f"bench/{tag}/analytics/{{device_id}}/{{sensor}}/window",
+           "ANALYTICS_MQTT_STATS_TOPIC": f"bench/{tag}/analytics/{{device_id}}/{{sensor}}/stats"}
     proc = subprocess.Popen([sys.executable, "-m", "model_worker"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak_rss = 0
@@ -153,12 +158,20 @@ def main() -> None:
               f"{scoring['per_event_events_per_s']} events/s (timed on "
               f"{scoring['per_event_sample']} events, extrapolated)")
         print(f"ratio: {scoring['ratio']:,}x")
-        worker = bench_worker(model_dir, worker_events, timeout_s=170)
-        print(f"whole worker (consume, score, Kafka+MongoDB+MQTT, commit): "
-              f"{worker['worker_events_per_s']:,} events/s over {worker['events']:,} events; "
-              f"peak RSS {worker['worker_peak_rss_mb']} MB")
+        # Scoring only, then scoring plus windows and running statistics, in the same run:
+        # the difference is what stream analytics adds to the worker's per-event cost.
+        bare = bench_worker(model_dir, worker_events, timeout_s=170, analytics=False)
+        worker = bench_worker(model_dir, worker_events, timeout_s=170, analytics=True)
+        for label, figures in (("scoring only", bare), ("with analytics", worker)):
+            print(f"whole worker {label} (consume, score, Kafka+MongoDB+MQTT, commit): "
+                  f"{figures['worker_events_per_s']:,} events/s over {figures['events']:,} "
+                  f"events; peak RSS {figures['worker_peak_rss_mb']} MB")
+        added = bare["worker_events_per_s"] / worker["worker_events_per_s"] - 1
+        worker["analytics_added_cost_pct"] = round(100 * added, 1)
+        print(f"windows and statistics add {added:.1%} to the worker's per-event cost")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(orjson.dumps({"scoring": scoring, "worker": worker,
+                                     "worker_scoring_only": bare,
                                      "quick": args.quick, "cpus": os.cpu_count()},
                                     option=orjson.OPT_INDENT_2).decode())
     print(f"figures written to {RESULTS}")

@@ -95,6 +95,7 @@ class Settings(BaseSettings):
     # Stream analytics (model_worker.analytics): tumbling windows on event time, aligned to
     # the epoch. Readings later than grace but within the allowed lateness (both past the
     # window's end) revise a closed window; later ones are counted and logged, not applied.
+    analytics_enabled: bool = True
     analytics_window_sizes_s: list[int] = [10, 60, 3600]
     analytics_grace_ms: int = Field(1000, ge=0)
     analytics_allowed_lateness_s: int = Field(60, ge=0)

@@ -64,17 +64,17 @@ def run(settings: Settings) -> None:
     mqtt_connect(mqtt, settings)
     mqtt.loop_start()
 
-    # Analytics saves its own state (with the applied offsets) inside `handle`,
-    # before the scoring transaction commits; its window records must not ride
-    # in that transaction, or an abort would drop windows its state says were sent.
-    windows_producer = kafka_producer(settings)
     stages: list[Stage] = [
         ScoringStage(registry, producer, db, mqtt,
                      analytics_topic=settings.kafka_topic_analytics,
                      mqtt_topic=settings.mqtt_results_topic,
                      score_fields=settings.worker_score_fields),
-        AnalyticsStage(settings, windows_producer, db, mqtt),
     ]
+    if settings.analytics_enabled:
+        # Analytics saves its own state (with the applied offsets) inside `handle`,
+        # before the scoring transaction commits; its window records must not ride
+        # in that transaction, or an abort would drop windows its state says were sent.
+        stages.append(AnalyticsStage(settings, kafka_producer(settings), db, mqtt))
     loop = WorkerLoop(consumer, producer, stages, db, topic=settings.kafka_topic_readings,
                       dlq_topic=settings.kafka_topic_dlq,
                       batch_size=settings.worker_batch_size,
