@@ -1,0 +1,235 @@
+"""What the fault scenarios share: the pipeline as real `python -m` processes
+on one test's topics, database and MQTT root; simulated devices; outages of
+the shared local services (always undone); and the checks that every
+acknowledged reading is stored exactly once, scored exactly once, and that
+windows and statistics equal a recomputation from the stored readings."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pymongo.database import Database
+
+from contracts.clients import mqtt_client, mqtt_connect
+from contracts.events import ns_to_iso
+from contracts.settings import Settings
+from tests.support import REPO, ServiceProcess, free_port, service_env, wait_for
+
+STACK = REPO / "local_stack" / "stack.sh"
+DEVICES, RATE_HZ, SENSOR = 2, 5.0, "temperature"
+# A reading published once the pipeline is back must be scored within this.
+RECOVERY_BOUND_S = 30.0
+# Window and statistics values recomputed with math.fsum agree to this
+# relative tolerance (both sides sum at most a few hundred values near 20).
+REL_TOL = 1e-9
+
+
+def stack(command: str, service: str, timeout: float = 150.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(STACK), command, service], cwd=REPO, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def wait_healthy(service: str, timeout: float = 150.0) -> None:
+    wait_for(lambda: stack("status-one", service, 30).returncode == 0, timeout,
+             f"shared {service} healthy again")
+
+
+@contextmanager
+def service_stopped(service: str) -> Iterator[None]:
+    """The shared `service` is stopped inside the block and always started
+    again (and healthy) afterwards, whatever happens inside."""
+    stopped = stack("stop-one", service)
+    try:
+        assert stopped.returncode == 0, stopped.stderr
+        yield
+    finally:
+        started = stack("start-one", service)
+        wait_healthy(service)
+        assert started.returncode == 0, started.stderr
+
+
+@dataclass
+class Pipeline:
+    """Bridges and workers of one test, each a subprocess that can be killed
+    and started again with the same identity."""
+
+    settings: Settings
+    unique: str
+    tmp_path: Path
+    model_dir: Path
+    procs: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return service_env(self.settings, self.unique, MODEL_PATH=str(self.model_dir),
+                           BRIDGE_SESSION_EXPIRY_S="600", BRIDGE_SINK_BATCH_WAIT_MS="50",
+                           WORKER_BATCH_WAIT_MS="50", **extra)
+
+    def add_bridge(self, name: str) -> ServiceProcess:
+        env = self.env(BRIDGE_CLIENT_ID=f"bridge-{self.unique}-{name}",
+                       BRIDGE_INSTANCE=str(len(self.procs)),
+                       BRIDGE_HTTP_PORT=str(free_port()))
+        return self._add(name, ServiceProcess("bridge", env, self.tmp_path / f"{name}.log",
+                                              http_port=int(env["BRIDGE_HTTP_PORT"])))
+
+    def add_worker(self, name: str) -> ServiceProcess:
+        env = self.env(WORKER_INSTANCE_ID=f"worker-{self.unique}-{name}",
+                       WORKER_HTTP_PORT=str(free_port()))
+        return self._add(name, ServiceProcess("model_worker", env, self.tmp_path / f"{name}.log",
+                                              http_port=int(env["WORKER_HTTP_PORT"])))
+
+    def _add(self, name: str, proc: ServiceProcess) -> ServiceProcess:
+        self.procs[name] = proc
+        proc.start()
+        return proc
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        for proc in self.procs.values():
+            proc.wait_ready(timeout)
+
+    def kill9_and_restart(self, name: str, down_s: float = 2.0) -> None:
+        proc = self.procs[name]
+        proc.kill()
+        time.sleep(down_s)
+        proc.start()
+        proc.wait_ready(120)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {n}:\n{p.log_tail(1500)}" for n, p in self.procs.items())
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            proc.kill()
+
+
+class Devices:
+    """`python -m edge_simulator` publishing `count` QoS 1 readings per
+    device, in the background; spikes and dropouts off, so device d sends
+    exactly seq 0..count-1."""
+
+    def __init__(self, pipeline: Pipeline, count: int, prefix: str) -> None:
+        self.count = count
+        self.prefix = prefix
+        self.out = pipeline.tmp_path / f"{prefix}.out"
+        self.err = pipeline.tmp_path / f"{prefix}.err"
+        with self.out.open("wb") as out, self.err.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "edge_simulator", "--devices", str(DEVICES),
+                 "--rate", str(RATE_HZ), "--count", str(count), "--sensors", SENSOR,
+                 "--device-prefix", prefix, "--topic-prefix", f"t/{pipeline.unique}/",
+                 "--spike-rate", "0", "--dropout-rate", "0", "--jitter", "0", "--seed", "11",
+                 "--drain-timeout", "90", "--progress-interval", "5", "--no-http"],
+                cwd=REPO, env=pipeline.env(), stdout=out, stderr=err)
+
+    def finish(self, timeout: float = 240.0) -> dict[str, Any]:
+        """Waits for the simulator's exit; its summary, which must show every
+        reading acknowledged by the broker and none dropped."""
+        try:
+            code = self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        err = self.err.read_text(errors="replace")[-2000:]
+        assert code == 0, err
+        summary: dict[str, Any] = orjson.loads(
+            self.out.read_text().strip().splitlines()[-1])["summary"]
+        assert summary["dropped"] == 0, summary
+        assert summary["acked"] == DEVICES * self.count, (summary, err)
+        return summary
+
+    def expected(self) -> set[tuple[str, int]]:
+        return {(f"{self.prefix}-{d}", seq) for d in range(DEVICES) for seq in range(self.count)}
+
+
+def probe_latency(settings: Settings, db: Database[dict[str, Any]], unique: str) -> float:
+    """Seconds from the PUBACK of one new reading to its result in iot.analytics."""
+    device = f"probe{unique}"
+    client = mqtt_client(settings, f"probe-{unique}")
+    mqtt_connect(client, settings)
+    client.loop_start()
+    try:
+        body = {"ts": ns_to_iso(time.time_ns()), "value": 21.5, "seq": 0}
+        info = client.publish(f"t/{unique}/sensors/{device}/{SENSOR}", json.dumps(body), qos=1)
+        info.wait_for_publish(15)
+        acked_at = time.monotonic()
+        wait_for(lambda: db.analytics.find_one({"device_id": device}), RECOVERY_BOUND_S,
+                 f"the probe reading scored within {RECOVERY_BOUND_S} s")
+        return round(time.monotonic() - acked_at, 2)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def check_delivery(db: Database[dict[str, Any]], devices: Devices,
+                   timeout: float = 120.0) -> dict[str, int]:
+    """Every acknowledged reading in iot.readings once and in iot.analytics
+    once; returns the figures (published, acked, stored, duplicated, lost)."""
+    expected = devices.expected()
+    query = {"device_id": {"$regex": f"^{devices.prefix}-"}}
+
+    def stored_keys() -> Counter[tuple[str, int]]:
+        return Counter((d["device_id"], d["seq"])
+                       for d in db.readings.find(query, {"device_id": 1, "seq": 1}))
+
+    wait_for(lambda: expected <= set(stored_keys()), timeout, "every acked reading stored")
+    reading_ids = [d["_id"] for d in db.readings.find(query, {"_id": 1})]
+    wait_for(lambda: db.analytics.count_documents(query) >= len(reading_ids), timeout,
+             "every stored reading scored")
+    keys = stored_keys()
+    analytics_ids = [d["_id"] for d in db.analytics.find(query, {"_id": 1})]
+    duplicated = sum(n - 1 for n in keys.values())
+    assert duplicated == 0, [k for k, n in keys.items() if n > 1][:5]
+    assert set(keys) == expected, f"unexpected readings: {sorted(set(keys) - expected)[:5]}"
+    assert len(analytics_ids) == len(set(analytics_ids)) == len(reading_ids)
+    assert set(analytics_ids) == set(reading_ids)
+    return {"published": len(expected), "acked": len(expected), "stored": len(keys),
+            "scored": len(analytics_ids), "duplicated": duplicated,
+            "lost": len(expected - set(keys))}
+
+
+def _close(a: float | None, b: float) -> bool:
+    return a is not None and math.isclose(a, b, rel_tol=REL_TOL, abs_tol=REL_TOL)
+
+
+def check_windows_and_stats(db: Database[dict[str, Any]], prefix: str) -> dict[str, int]:
+    """Each stored window and each series' running statistics equal a
+    recomputation (math.fsum) from the stored readings."""
+    query = {"device_id": {"$regex": f"^{prefix}-"}}
+    series: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
+    for doc in db.readings.find(query, {"device_id": 1, "sensor": 1, "ts_ns": 1, "value": 1}):
+        series[(doc["device_id"], doc["sensor"])].append((doc["ts_ns"], doc["value"]))
+    stored = sum(len(v) for v in series.values())
+    # The statistics of a batch are written beside its results, not before them.
+    wait_for(lambda: sum(d["count"] for d in db.stats.find({**query, "field": "value"}))
+             >= stored, 30, f"statistics covering all {stored} readings")
+    windows = list(db.windows.find({**query, "field": "value"}))
+    for window in windows:
+        end_ns = window["start_ns"] + window["size_s"] * 1_000_000_000
+        values = [v for ts, v in series[(window["device_id"], window["sensor"])]
+                  if window["start_ns"] <= ts < end_ns]
+        label = window["_id"]
+        assert window["count"] == len(values), (label, window["count"], len(values))
+        assert _close(window["sum"], math.fsum(values)), (label, window["sum"])
+        assert _close(window["mean"], math.fsum(values) / len(values)), label
+        assert window["min"] == min(values) and window["max"] == max(values), label
+    assert windows, "no closed window to compare"
+    stats = {(d["device_id"], d["sensor"]): d for d in db.stats.find({**query, "field": "value"})}
+    assert set(stats) == set(series)
+    for key, values in series.items():
+        numbers = [v for _, v in values]
+        mean = math.fsum(numbers) / len(numbers)
+        assert stats[key]["count"] == len(numbers), (key, stats[key]["count"], len(numbers))
+        assert _close(stats[key]["mean"], mean), key
+        m2 = math.fsum((x - mean) ** 2 for x in numbers)
+        assert math.isclose(stats[key]["m2"], m2, rel_tol=1e-6, abs_tol=1e-9), key
+    return {"windows_checked": len(windows), "series_checked": len(series)}

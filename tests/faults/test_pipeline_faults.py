@@ -1,0 +1,160 @@
+"""Fault scenarios on the real services: while simulated devices publish a
+known set of QoS 1 readings, a bridge or worker is killed with SIGKILL,
+Kafka or the MongoDB-wire server is stopped for 30 s, or Mosquitto is
+restarted. Afterwards every reading the broker acknowledged is in
+iot.readings and iot.analytics exactly once, windows and statistics equal a
+recomputation, and a reading published after recovery is scored within
+RECOVERY_BOUND_S. Each scenario's figures go to the pytest cache under
+`edgepipe/faults/<scenario>` (`pytest --cache-show 'edgepipe/faults/*'`)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import MongoClient
+
+from contracts.settings import Settings
+from tests.faults.harness import (
+    DEVICES,
+    RATE_HZ,
+    Devices,
+    Pipeline,
+    check_delivery,
+    check_windows_and_stats,
+    probe_latency,
+    service_stopped,
+)
+from tests.support import REPO
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+OUTAGE_S = 30.0
+# Readings flow this long before the fault, so it lands mid-stream.
+LEAD_IN_S = 3.0
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    models = tmp_path_factory.mktemp("models")
+    made = subprocess.run([sys.executable, "-m", "model_worker", "make-demo-model",
+                           "--out", str(models / "default.json")],
+                          cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert made.returncode == 0, made.stderr
+    return models
+
+
+@pytest.fixture
+def pipeline(services: Settings, unique: str, tmp_path: Path,
+             model_dir: Path) -> Iterator[Pipeline]:
+    pipe = Pipeline(services, unique, tmp_path, model_dir)
+    try:
+        yield pipe
+    finally:
+        pipe.stop_all()
+
+
+def run_scenario(request: pytest.FixtureRequest, pipeline: Pipeline,
+                 mongo: MongoClient[dict[str, Any]], name: str, ticks: int,
+                 fault: Callable[[], None]) -> dict[str, Any]:
+    """Devices publish `ticks` readings each; `fault` runs LEAD_IN_S after
+    they start; then the delivery, analytics and recovery checks."""
+    pipeline.wait_ready()
+    db = mongo[pipeline.settings.mongo_db]
+    started = time.monotonic()
+    devices = Devices(pipeline, ticks, f"f{name}{pipeline.unique[:6]}")
+    try:
+        time.sleep(LEAD_IN_S)
+        fault()
+        summary = devices.finish()
+    finally:
+        if devices.proc.poll() is None:
+            devices.proc.kill()
+    for proc in pipeline.procs.values():
+        if proc.proc is not None and proc.proc.poll() is None:
+            proc.wait_ready(60)
+    recovery_s = probe_latency(pipeline.settings, db, pipeline.unique)
+    try:
+        figures = check_delivery(db, devices)
+        figures |= check_windows_and_stats(db, devices.prefix)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{pipeline.logs()}") from exc
+    figures |= {"devices": DEVICES, "rate_hz": RATE_HZ, "reconnects": summary["reconnects"],
+                "probe_scored_after_s": recovery_s,
+                "scenario_s": round(time.monotonic() - started, 1)}
+    print(f"fault scenario {name}: {figures}")
+    if request.config.cache is not None:
+        request.config.cache.set(f"edgepipe/faults/{name}", figures)
+    return figures
+
+
+def test_bridge_killed_and_restarted(request: pytest.FixtureRequest, pipeline: Pipeline,
+                                     mongo: MongoClient[dict[str, Any]]) -> None:
+    pipeline.add_bridge("bridge")
+    pipeline.add_worker("worker")
+    run_scenario(request, pipeline, mongo, "a_kill_bridge", 60,
+                 lambda: pipeline.kill9_and_restart("bridge"))
+
+
+def test_worker_killed_and_restarted(request: pytest.FixtureRequest, pipeline: Pipeline,
+                                     mongo: MongoClient[dict[str, Any]]) -> None:
+    pipeline.add_bridge("bridge")
+    pipeline.add_worker("worker")
+    run_scenario(request, pipeline, mongo, "b_kill_worker", 60,
+                 lambda: pipeline.kill9_and_restart("worker"))
+
+
+def _outage(service: str) -> Callable[[], None]:
+    def fault() -> None:
+        with service_stopped(service):
+            time.sleep(OUTAGE_S)
+    return fault
+
+
+@pytest.mark.timeout(360)
+def test_kafka_down_for_30_s(request: pytest.FixtureRequest, pipeline: Pipeline,
+                             mongo: MongoClient[dict[str, Any]]) -> None:
+    pipeline.add_bridge("bridge")
+    pipeline.add_worker("worker")
+    run_scenario(request, pipeline, mongo, "c_kafka_down", 200, _outage("kafka"))
+
+
+@pytest.mark.timeout(360)
+def test_mongo_down_for_30_s(request: pytest.FixtureRequest, pipeline: Pipeline,
+                             mongo: MongoClient[dict[str, Any]]) -> None:
+    pipeline.add_bridge("bridge")
+    pipeline.add_worker("worker")
+    run_scenario(request, pipeline, mongo, "d_mongo_down", 200, _outage("mongo"))
+
+
+def test_mosquitto_restarted(request: pytest.FixtureRequest, pipeline: Pipeline,
+                             mongo: MongoClient[dict[str, Any]]) -> None:
+    pipeline.add_bridge("bridge")
+    pipeline.add_worker("worker")
+
+    def restart() -> None:
+        with service_stopped("mosquitto"):
+            time.sleep(2)
+
+    run_scenario(request, pipeline, mongo, "e_restart_mosquitto", 60, restart)
+
+
+def test_two_of_each_and_one_of_each_killed(request: pytest.FixtureRequest, pipeline: Pipeline,
+                                            mongo: MongoClient[dict[str, Any]]) -> None:
+    for name in ("bridge-a", "bridge-b"):
+        pipeline.add_bridge(name)
+    for name in ("worker-a", "worker-b"):
+        pipeline.add_worker(name)
+
+    def kill_one_of_each() -> None:
+        pipeline.procs["bridge-b"].kill()
+        pipeline.procs["worker-b"].kill()
+        pipeline.procs.pop("bridge-b")
+        pipeline.procs.pop("worker-b")
+
+    run_scenario(request, pipeline, mongo, "f_two_of_each_kill_one", 60, kill_one_of_each)
