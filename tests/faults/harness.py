@@ -225,8 +225,8 @@ def check_windows_and_stats(db: Database[dict[str, Any]], prefix: str) -> dict[s
     assert windows, "no closed window to compare"
     stats = {(d["device_id"], d["sensor"]): d for d in db.stats.find({**query, "field": "value"})}
     assert set(stats) == set(series)
-    for key, values in series.items():
-        numbers = [v for _, v in values]
+    for key, points in series.items():
+        numbers = [v for _, v in points]
         mean = math.fsum(numbers) / len(numbers)
         assert stats[key]["count"] == len(numbers), (key, stats[key]["count"], len(numbers))
         assert _close(stats[key]["mean"], mean), key

@@ -80,7 +80,7 @@ def run_scenario(request: pytest.FixtureRequest, pipeline: Pipeline,
             proc.wait_ready(60)
     recovery_s = probe_latency(pipeline.settings, db, pipeline.unique)
     try:
-        figures = check_delivery(db, devices)
+        figures: dict[str, Any] = {**check_delivery(db, devices)}
         figures |= check_windows_and_stats(db, devices.prefix)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{pipeline.logs()}") from exc
