@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
-from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo.errors import PyMongoError
 
 from bridge import metrics
-from contracts.collections import DEAD_LETTERS, READINGS, ensure_indexes
+from contracts.collections import DEAD_LETTERS, READINGS, ensure_indexes, insert_idempotent
 from contracts.dead_letters import DeadLetter
 from contracts.errors import SchemaError
 from contracts.events import Reading
@@ -29,7 +28,6 @@ from contracts.settings import Settings
 
 log = logging.getLogger("bridge.sink")
 
-DUPLICATE_KEY = 11000
 _BACKOFF_MAX_S = 10.0
 _LAG_INTERVAL_S = 5.0
 
@@ -79,22 +77,6 @@ def build_batch(messages: list[Message], readings_topic: str) -> Batch:
                                 payload=value, received_at_ns=time.time_ns())
             batch.dead_letters.append(letter.to_document())
     return batch
-
-
-def insert_idempotent(collection: Collection[Document], docs: list[Document]) -> tuple[int, int]:
-    """(inserted, duplicates). Duplicate keys are replays, hence success; any
-    other write error is raised."""
-    if not docs:
-        return 0, 0
-    try:
-        result = collection.insert_many(docs, ordered=False)
-    except BulkWriteError as exc:
-        errors = exc.details.get("writeErrors", [])
-        others = [e for e in errors if e.get("code") != DUPLICATE_KEY]
-        if others or exc.details.get("writeConcernErrors"):
-            raise
-        return exc.details.get("nInserted", len(docs) - len(errors)), len(errors)
-    return len(result.inserted_ids), 0
 
 
 class RawSink:

@@ -7,13 +7,16 @@ from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.collection import Collection
 from pymongo.database import Database
+from pymongo.errors import BulkWriteError
 
 READINGS = "readings"
 ANALYTICS = "analytics"
 WINDOWS = "windows"
 STATS = "stats"
 DEAD_LETTERS = "dead_letters"
+DUPLICATE_KEY = 11000
 
 # What the sinks look up and the API filters and sorts on. Names are pymongo's
 # defaults, so creating an existing index is a no-op from any service.
@@ -55,3 +58,20 @@ async def ensure_indexes_async(db: AsyncDatabase[dict[str, Any]],
     for name in collections:
         for index in INDEXES[name]:
             await db[name].create_indexes([index])
+
+
+def insert_idempotent(collection: Collection[dict[str, Any]],
+                      docs: list[dict[str, Any]]) -> tuple[int, int]:
+    """insert_many(ordered=False) where an existing `_id` means "already written"
+    (a replay). Returns (inserted, duplicates); any other write error is raised."""
+    if not docs:
+        return 0, 0
+    try:
+        result = collection.insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if exc.details.get("writeConcernErrors") or any(
+                e.get("code") != DUPLICATE_KEY for e in errors):
+            raise
+        return exc.details.get("nInserted", len(docs) - len(errors)), len(errors)
+    return len(result.inserted_ids), 0

@@ -23,8 +23,8 @@ from model_worker.scoring import DeadLetter, KafkaRecord, decode_records
 from model_worker.sinks import (
     dead_letter_document,
     dead_letter_json,
-    insert_idempotent,
     produce_all,
+    write_documents,
 )
 from model_worker.stage import ConsumedBatch, Stage
 
@@ -111,7 +111,7 @@ class WorkerLoop:
             documents = [dead_letter_document(d, self.topic, now_ns) for d in dead]
             produce_all(self.producer, self.dlq_topic,
                         [(b"model_worker", dead_letter_json(doc)) for doc in documents])
-            insert_idempotent(self.dead_letters, documents)
+            write_documents(self.dead_letters, documents)
             for letter in dead:
                 log.warning("dead letter", extra={"reason": letter.reason,
                                                   "detail": letter.error[:300]})

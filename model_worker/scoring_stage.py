@@ -17,7 +17,7 @@ from pymongo.database import Database
 from model_worker import metrics
 from model_worker.registry import ModelRegistry
 from model_worker.scoring import score_batch
-from model_worker.sinks import insert_idempotent, produce_all, publish_all
+from model_worker.sinks import produce_all, publish_all, write_documents
 from model_worker.stage import ConsumedBatch
 
 ANALYTICS_COLLECTION = "analytics"
@@ -80,7 +80,7 @@ class ScoringStage:
 
     def _write_mongo(self, documents: list[dict[str, Any]]) -> None:
         started = time.perf_counter()
-        insert_idempotent(self.collection, documents)
+        write_documents(self.collection, documents)
         metrics.WRITE_SECONDS.labels(sink="mongo").observe(time.perf_counter() - started)
 
     def tick(self, now_ns: int) -> None:

@@ -13,13 +13,12 @@ import orjson
 import paho.mqtt.client as mqtt
 from confluent_kafka import KafkaException, Producer
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo.errors import PyMongoError
 
+from contracts.collections import insert_idempotent
 from contracts.errors import ServiceUnavailable
 from contracts.events import ns_to_datetime
 from model_worker.scoring import DeadLetter
-
-DUPLICATE_KEY = 11000
 
 
 def produce_all(producer: Producer, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
@@ -37,20 +36,13 @@ def produce_all(producer: Producer, topic: str, records: Sequence[tuple[bytes, b
     producer.poll(0)
 
 
-def insert_idempotent(collection: Collection[dict[str, Any]],
-                      documents: list[dict[str, Any]]) -> None:
-    """insert_many(ordered=False) where an existing `_id` means "already written"."""
-    if not documents:
-        return
+def write_documents(collection: Collection[dict[str, Any]],
+                    documents: list[dict[str, Any]]) -> None:
+    """Idempotent insert; any MongoDB failure leaves the batch uncommitted."""
     try:
-        collection.insert_many(documents, ordered=False)
-    except BulkWriteError as exc:
-        other = [e for e in exc.details.get("writeErrors", []) if e.get("code") != DUPLICATE_KEY]
-        if other or exc.details.get("writeConcernErrors"):
-            raise ServiceUnavailable(
-                f"MongoDB {collection.full_name}: {(other or exc.details)!s:.300}") from exc
+        insert_idempotent(collection, documents)
     except PyMongoError as exc:
-        raise ServiceUnavailable(f"MongoDB {collection.full_name}: {exc}") from exc
+        raise ServiceUnavailable(f"MongoDB {collection.full_name}: {exc!s:.300}") from exc
 
 
 def publish_all(client: mqtt.Client, messages: Sequence[tuple[str, bytes]],

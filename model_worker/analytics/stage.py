@@ -23,6 +23,7 @@ from pymongo import ReplaceOne
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
+from contracts.collections import insert_idempotent
 from contracts.errors import EdgepipeError, ServiceUnavailable
 from contracts.settings import Settings
 from model_worker.analytics import metrics
@@ -122,10 +123,16 @@ class AnalyticsStage:
         window_docs = [{**w.to_document(), "closed_by": why}
                        for w, why in zip(out.windows, out.closed_by, strict=True)]
         stats_docs = [state.stats_document() for state in out.stats]
+        # A first emission is an insert (a replay rewrites the same content, so a
+        # duplicate key is success); only revisions replace. Upserts cost FerretDB
+        # a round of work per document, inserts go in one batch.
+        first = [d for d in window_docs if d["revision"] == 0]
+        revised = [d for d in window_docs if d["revision"] != 0]
         try:
-            if window_docs:
+            insert_idempotent(self.windows, first)
+            if revised:
                 self.windows.bulk_write([ReplaceOne({"_id": d["_id"]}, d, upsert=True)
-                                         for d in window_docs], ordered=False)
+                                         for d in revised], ordered=False)
             if stats_docs:
                 self.stats.bulk_write([ReplaceOne({"_id": d["_id"]}, d, upsert=True)
                                        for d in stats_docs], ordered=False)

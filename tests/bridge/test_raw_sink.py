@@ -12,9 +12,9 @@ import pytest
 from confluent_kafka import Message, TopicPartition
 from pymongo import MongoClient
 
-from bridge.raw_sink import RawSink, build_batch, insert_idempotent
+from bridge.raw_sink import RawSink, build_batch
 from contracts.clients import kafka_consumer, kafka_producer
-from contracts.collections import DEAD_LETTERS, INDEXES, READINGS
+from contracts.collections import DEAD_LETTERS, INDEXES, READINGS, insert_idempotent
 from contracts.dead_letters import DeadLetter
 from contracts.events import Reading, Source, make_event_id
 from contracts.settings import Settings
