@@ -18,7 +18,7 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=common.sh
+# shellcheck source=local_stack/common.sh
 . "$HERE/common.sh"
 
 SVC=mongo
@@ -35,6 +35,7 @@ BIN="$BIN_DIR/edgepipe-ferretdb"
 STAMP="$BIN.stamp"
 ENGINE_FILE="$SVC_DIR/engine"
 PORT_FILE="$SVC_DIR/port"
+# shellcheck disable=SC2153 # MONGO_PORT comes from common.sh
 URL="mongodb://$MONGO_HOST:$MONGO_PORT/"
 
 engine() {
@@ -66,6 +67,7 @@ pattern_for() { if [[ "$1" == mongod ]]; then echo mongod; else echo edgepipe-fe
 # bash's /dev/tcp, reply must carry ok: 1.0. Used when the Go binary is not
 # built (genuine mongod); the Go binary's ping is used otherwise.
 wire_ping() {
+  # shellcheck disable=SC2016 # expanded by the inner bash
   timeout 3 bash -c '
     exec 3<>"/dev/tcp/$1/$2" || exit 1
     printf "\x33\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\xdd\x07\x00\x00\x00\x00\x00\x00\x00\x1e\x00\x00\x00\x10ping\x00\x01\x00\x00\x00\x02\$db\x00\x06\x00\x00\x00admin\x00\x00" >&3

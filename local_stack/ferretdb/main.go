@@ -78,6 +78,8 @@ func serve(args []string) int {
 	dataDir := fs.String("data-dir", "", "SQLite data directory (created if absent)")
 	pragmas := fs.String("sqlite-params", "", "extra SQLite URI query, e.g. _pragma=synchronous(normal)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	idIndex := fs.Duration("id-index-interval", 2*time.Second,
+		"how often to add the _id lookup index to new collections (0 disables; see idindex.go)")
 	_ = fs.Parse(args)
 
 	if *dataDir == "" {
@@ -131,6 +133,11 @@ func serve(args []string) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+
+	if *idIndex > 0 {
+		ix := &idIndexer{dir: dir, interval: *idIndex, logger: logger}
+		go ix.run(ctx)
+	}
 
 	logger.Info("edgepipe-ferretdb starting",
 		"version", ferretDBVersion(), "listen", *listen, "sqlite", sqliteURL, "pid", os.Getpid())
