@@ -5,7 +5,7 @@ would make the second one fail (IndexOptionsConflict)."""
 from collections.abc import Iterable
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo import ASCENDING, DESCENDING, IndexModel, ReplaceOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.collection import Collection
 from pymongo.database import Database
@@ -17,6 +17,9 @@ WINDOWS = "windows"
 STATS = "stats"
 DEAD_LETTERS = "dead_letters"
 DUPLICATE_KEY = 11000
+# FerretDB 1.24 hangs on one bulk_write of 100 or more upserts when some of them
+# match existing documents; 99 per command works.
+UPSERT_CHUNK = 99
 
 # What the sinks look up and the API filters and sorts on. Names are pymongo's
 # defaults, so creating an existing index is a no-op from any service.
@@ -75,3 +78,10 @@ def insert_idempotent(collection: Collection[dict[str, Any]],
             raise
         return exc.details.get("nInserted", len(docs) - len(errors)), len(errors)
     return len(result.inserted_ids), 0
+
+
+def replace_upsert(collection: Collection[dict[str, Any]], docs: list[dict[str, Any]]) -> None:
+    """Replace each document by `_id`, inserting it when absent."""
+    for start in range(0, len(docs), UPSERT_CHUNK):
+        collection.bulk_write([ReplaceOne({"_id": d["_id"]}, d, upsert=True)
+                               for d in docs[start:start + UPSERT_CHUNK]], ordered=False)

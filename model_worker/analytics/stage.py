@@ -19,11 +19,10 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from pymongo import ReplaceOne
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from contracts.collections import insert_idempotent
+from contracts.collections import insert_idempotent, replace_upsert
 from contracts.errors import EdgepipeError, ServiceUnavailable
 from contracts.settings import Settings
 from model_worker.analytics import metrics
@@ -130,12 +129,8 @@ class AnalyticsStage:
         revised = [d for d in window_docs if d["revision"] != 0]
         try:
             insert_idempotent(self.windows, first)
-            if revised:
-                self.windows.bulk_write([ReplaceOne({"_id": d["_id"]}, d, upsert=True)
-                                         for d in revised], ordered=False)
-            if stats_docs:
-                self.stats.bulk_write([ReplaceOne({"_id": d["_id"]}, d, upsert=True)
-                                       for d in stats_docs], ordered=False)
+            replace_upsert(self.windows, revised)
+            replace_upsert(self.stats, stats_docs)
         except PyMongoError as exc:
             raise ServiceUnavailable(f"MongoDB analytics write: {exc}") from exc
         self._produce(window_docs)
