@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,25 +22,9 @@ from pymongo import MongoClient
 
 from contracts.clients import kafka_consumer, mqtt_client, mqtt_connect
 from contracts.settings import Settings
+from tests.support import REPO, free_port, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.services
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class Bridge:

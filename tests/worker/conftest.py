@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from contracts.clients import kafka_consumer, kafka_producer, mqtt_client, mqtt_
 from contracts.events import Reading, make_event_id
 from contracts.settings import Settings
 from model_worker.train import demo_frame
+from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 NS_PER_S = 1_000_000_000
@@ -156,12 +156,6 @@ def mqtt_collector(settings: Settings, unique: str) -> Iterator[Callable[[], Mqt
         collector.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class WorkerProcess:
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.env = env
@@ -231,7 +225,7 @@ def worker(services: Settings, unique: str, model_dir: Path,
            "MONGO_DB": services.mongo_db,
            "WORKER_GROUP": services.worker_group,
            "WORKER_INSTANCE_ID": f"worker-{unique}",
-           "WORKER_HTTP_PORT": str(_free_port()),
+           "WORKER_HTTP_PORT": str(free_port()),
            "WORKER_BATCH_SIZE": "500",
            "MODEL_PATH": str(model_dir),
            "MQTT_RESULTS_TOPIC": f"t/{unique}/analytics/{{device_id}}/{{sensor}}",
