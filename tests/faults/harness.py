@@ -151,7 +151,8 @@ class Devices:
         return {(f"{self.prefix}-{d}", seq) for d in range(DEVICES) for seq in range(self.count)}
 
 
-def probe_latency(settings: Settings, db: Database[dict[str, Any]], unique: str) -> float:
+def probe_latency(settings: Settings, db: Database[dict[str, Any]], unique: str,
+                  bound_s: float = RECOVERY_BOUND_S) -> float:
     """Seconds from the PUBACK of one new reading to its result in iot.analytics."""
     device = f"probe{unique}"
     client = mqtt_client(settings, f"probe-{unique}")
@@ -162,8 +163,12 @@ def probe_latency(settings: Settings, db: Database[dict[str, Any]], unique: str)
         info = client.publish(f"t/{unique}/sensors/{device}/{SENSOR}", json.dumps(body), qos=1)
         info.wait_for_publish(15)
         acked_at = time.monotonic()
-        wait_for(lambda: db.analytics.find_one({"device_id": device}), RECOVERY_BOUND_S,
-                 f"the probe reading scored within {RECOVERY_BOUND_S} s")
+        try:
+            wait_for(lambda: db.analytics.find_one({"device_id": device}), bound_s,
+                     f"the probe reading scored within {bound_s} s")
+        except AssertionError as exc:
+            stored = db.readings.find_one({"device_id": device}) is not None
+            raise AssertionError(f"{exc} (in iot.readings: {stored})") from exc
         return round(time.monotonic() - acked_at, 2)
     finally:
         client.disconnect()
