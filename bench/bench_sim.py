@@ -31,7 +31,7 @@ TARGET_DEVICES = 2000
 TARGET_MSG_S = 20_000
 
 
-def _metrics(port: int) -> dict[str, float]:
+def simulator_metrics(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
     values = {}
@@ -42,11 +42,11 @@ def _metrics(port: int) -> dict[str, float]:
     return values
 
 
-def _wait_connected(port: int, devices: int, timeout: float) -> float:
+def wait_connected(port: int, devices: int, timeout: float) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         try:
-            if _metrics(port).get("simulator_devices_connected", 0) >= devices:
+            if simulator_metrics(port).get("simulator_devices_connected", 0) >= devices:
                 return time.monotonic() - start
         except OSError:
             pass
@@ -65,16 +65,16 @@ def run_case(broker: ThrowawayBroker, devices: int, rate: float, window_s: float
            "--drain-timeout", "5"]
     child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
-        connect_s = _wait_connected(http_port, devices, timeout=120)
+        connect_s = wait_connected(http_port, devices, timeout=120)
         proc = psutil.Process(child.pid)
         time.sleep(1.0)  # let the burst of first ticks pass
-        before = _metrics(http_port)
+        before = simulator_metrics(http_port)
         proc.cpu_percent(None)
         t0 = time.monotonic()
         time.sleep(window_s)
         cpu = proc.cpu_percent(None)
         elapsed = time.monotonic() - t0
-        after = _metrics(http_port)
+        after = simulator_metrics(http_port)
         rss_mb = proc.memory_info().rss / 2**20
     finally:
         child.send_signal(signal.SIGTERM)

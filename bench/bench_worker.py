@@ -52,6 +52,11 @@ def make_readings(count: int, devices: int = 50) -> list[Reading]:
     return out
 
 
+def predict_one(model: Any, ts_ns: int) -> pd.DataFrame:
+    """The seed pipeline's scoring: one Prophet `predict`, with its sampled interval, per event."""
+    return model.predict(pd.DataFrame({"ds": [pd.Timestamp(ts_ns, unit="ns")]}))
+
+
 def bench_scoring(model_path: Path, events: int, per_event_sample: int,
                   batch_size: int) -> dict[str, Any]:
     loaded = load_model(model_path, trust_pickle=False, grid_step_s=3600, now_ns=time.time_ns())
@@ -65,8 +70,8 @@ def bench_scoring(model_path: Path, events: int, per_event_sample: int,
     model = loaded.forecaster.model  # type: ignore[attr-defined]
     sample = readings[:per_event_sample]
     started = time.perf_counter()
-    for reading in sample:  # the seed pipeline: one predict, with sampling, per event
-        model.predict(pd.DataFrame({"ds": [pd.Timestamp(reading.ts_ns, unit="ns")]}))
+    for reading in sample:
+        predict_one(model, reading.ts_ns)
     per_event_s = (time.perf_counter() - started) / len(sample)
     batched_rate = events / batched_s
     return {"events": events, "batch_size": batch_size,
