@@ -50,6 +50,7 @@ from bench.common import (
     LagSampler,
     ResourceSampler,
     ResultsSubscriber,
+    Series,
     listening_pids,
     markdown_table,
     percentiles,
@@ -79,7 +80,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-step-up", action="store_true",
                         help="only the listed N, do not search for the highest")
     parser.add_argument("--naive-devices", type=int, default=1000,
-                        help="N of the seed design's run")
+                        help="N of the seed design's run (0: skip it)")
+    parser.add_argument("--variants", default="scoring,analytics",
+                        help="worker variants, comma-separated: scoring (ANALYTICS_ENABLED="
+                             "false) and/or analytics (windows and running statistics too)")
     parser.add_argument("--forwarders", type=int, default=1, help="bridge forwarder processes")
     parser.add_argument("--workers", type=int, default=1, help="model worker processes")
     parser.add_argument("--budget-s", type=float, default=1020.0,
@@ -95,7 +99,8 @@ class Case:
     """One N: names, service processes and the simulator, all on this case's
     own MQTT root, topics, consumer groups and database."""
 
-    def __init__(self, settings: Settings, run_id: str, name: str, tmp: Path) -> None:
+    def __init__(self, settings: Settings, run_id: str, name: str, tmp: Path,
+                 analytics: bool = False) -> None:
         self.settings = settings
         self.phase = Phase(settings, run_id, name)
         self.name, self.tmp = name, tmp
@@ -105,6 +110,7 @@ class Case:
         self.worker_group = f"bench-worker-{run_id}-{name}"
         self.results_filter = f"{root}analytics/+/+"
         self.procs: dict[str, ServiceProcess] = {}
+        self.analytics = analytics
         self.env = {**os.environ, **self.phase.env, "LOG_FORMAT": "json",
                     "KAFKA_PARTITIONS": str(PARTITIONS),
                     "KAFKA_TOPIC_ANALYTICS": self.analytics_topic,
@@ -129,7 +135,8 @@ class Case:
         add("sink", "bridge", "BRIDGE_HTTP_PORT", ("sink",))
         for i in range(workers):
             add(f"worker{i}", "model_worker", "WORKER_HTTP_PORT", MODEL_PATH=str(model_dir),
-                WORKER_INSTANCE_ID=f"{self.worker_group}-{i}")
+                WORKER_INSTANCE_ID=f"{self.worker_group}-{i}",
+                ANALYTICS_ENABLED=str(self.analytics).lower())
         add("api", "api", "API_PORT")
         for name, proc in self.procs.items():
             proc.wait_ready(180, path="/health" if name == "api" else "/ready")
@@ -223,9 +230,9 @@ def lag_at(series: list[tuple[float, int]], moment_s: float) -> int | None:
     return before[-1] if before else None
 
 
-def run_case(settings: Settings, run_id: str, devices: int, args: argparse.Namespace,
-             model_dir: Path, tmp: Path) -> dict[str, Any]:
-    case = Case(settings, run_id, f"n{devices}", tmp)
+def run_case(settings: Settings, run_id: str, devices: int, analytics: bool,
+             args: argparse.Namespace, model_dir: Path, tmp: Path) -> dict[str, Any]:
+    case = Case(settings, run_id, f"n{devices}{'a' if analytics else 's'}", tmp, analytics)
     offered = devices * args.rate
     try:
         started = time.monotonic()
@@ -260,8 +267,8 @@ def run_case(settings: Settings, run_id: str, devices: int, args: argparse.Names
             stored = db["readings"].count_documents({})
             scored = db["analytics"].count_documents({})
         row: dict[str, Any] = {
-            "devices": devices, "rate_hz": args.rate, "offered_per_s": offered,
-            "ingest_acked_per_s": round(acked_window / args.load_s, 1),
+            "devices": devices, "analytics": analytics, "rate_hz": args.rate,
+            "offered_per_s": offered, "ingest_acked_per_s": round(acked_window / args.load_s, 1),
             **window_figures(results, steady, args.load_s),
             "mongo_latency_ms": mongo_latency(settings, case.phase.db, steady),
             "setup_s": round(setup_s, 1), "connect_s": round(connect_s, 1),
@@ -393,24 +400,30 @@ def main() -> None:
         model_file = tmp / "models" / "default.json"
         model, _ = fit_prophet(demo_frame())
         save_model(model, model_file, "json")
-        plan = [int(n) for n in args.devices.split(",") if n.strip()]
-        while plan:
-            devices = plan.pop(0)
-            print(f"N={devices:,} devices at {args.rate:g} Hz ...", flush=True)
-            try:
-                row = run_case(settings, run_id, devices, args, model_file.parent, tmp)
-            except Exception as exc:  # a case that cannot run is a figure too: the limit
-                row = {"devices": devices, "offered_per_s": devices * args.rate,
-                       "error": f"{type(exc).__name__}: {exc}"[:2000], "holds": False}
-            figures["cases"].append(row)
-            print(summary_line(row), flush=True)
-            within = time.monotonic() - started < args.budget_s
-            if (not plan and not args.no_step_up and row["holds"] and within
-                    and devices * 2 <= args.max_devices):
-                plan.append(devices * 2)
-        print(f"seed design, N={args.naive_devices} ...", flush=True)
-        figures["naive"] = run_naive(settings, run_id, args.naive_devices, args, model_file, tmp)
-        print(summary_line(figures["naive"]), flush=True)
+        for variant in args.variants.split(","):
+            analytics = variant.strip() == "analytics"
+            plan = [int(n) for n in args.devices.split(",") if n.strip()]
+            while plan:
+                devices = plan.pop(0)
+                print(f"{variant}: N={devices:,} devices at {args.rate:g} Hz ...", flush=True)
+                try:
+                    row = run_case(settings, run_id, devices, analytics, args,
+                                   model_file.parent, tmp)
+                except Exception as exc:  # a case that cannot run is a figure too: the limit
+                    row = {"devices": devices, "analytics": analytics, "holds": False,
+                           "offered_per_s": devices * args.rate,
+                           "error": f"{type(exc).__name__}: {exc}"[:2000]}
+                figures["cases"].append(row)
+                print(summary_line(row), flush=True)
+                within = time.monotonic() - started < args.budget_s
+                if (not plan and not args.no_step_up and row["holds"] and within
+                        and devices * 2 <= args.max_devices):
+                    plan.append(devices * 2)
+        if args.naive_devices:
+            print(f"seed design, N={args.naive_devices} ...", flush=True)
+            figures["naive"] = run_naive(settings, run_id, args.naive_devices, args, model_file,
+                                         tmp)
+            print(summary_line(figures["naive"]), flush=True)
     figures["elapsed_s"] = round(time.monotonic() - started, 1)
     finish(figures)
 
@@ -427,6 +440,11 @@ def summary_line(row: dict[str, Any]) -> str:
 
 def finish(figures: dict[str, Any]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if "naive" not in figures:  # a partial run: figures only, the report needs both sides
+        (RESULTS / "e2e-partial.json").write_bytes(
+            orjson.dumps(figures, option=orjson.OPT_INDENT_2))
+        print("wrote bench/results/e2e-partial.json (no seed-design run: no report)")
+        return
     figures["summary"] = summarise(figures)
     (RESULTS / "e2e.json").write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
     pngs = write_report(figures, RESULTS)
@@ -443,14 +461,25 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 def summarise(figures: dict[str, Any]) -> dict[str, Any]:
-    ok = [c for c in figures["cases"] if c.get("holds")]
-    best = max(ok, key=lambda c: c["sustained_per_s"], default=None)
+    out = {name: summarise_variant(figures, analytics)
+           for name, analytics in (("scoring", False), ("analytics", True))
+           if any(c["analytics"] == analytics for c in figures["cases"])}
+    out["lost_or_duplicated_total"] = sum(
+        c.get("lost_readings", 0) + c.get("lost_results", 0) + c.get("duplicated_in_kafka", 0)
+        + c.get("duplicated_over_mqtt", 0) for c in figures["cases"])
+    return out
+
+
+def summarise_variant(figures: dict[str, Any], analytics: bool) -> dict[str, Any]:
+    cases = [c for c in figures["cases"] if c["analytics"] == analytics and "error" not in c]
+    best = max((c for c in cases if c["holds"]), key=lambda c: c["sustained_per_s"],
+               default=None)
     naive = figures["naive"]
-    same_n = next((c for c in figures["cases"] if c["devices"] == naive["devices"]
-                   and "error" not in c), None)
+    same_n = next((c for c in cases if c["devices"] == naive["devices"]), None)
     return {
         "saturation_devices": best["devices"] if best else None,
         "saturation_sustained_per_s": best["sustained_per_s"] if best else None,
+        "highest_sustained_per_s": max((c["sustained_per_s"] for c in cases), default=None),
         "naive_sustained_per_s": naive["sustained_per_s"],
         "ratio_sustained_vs_naive": ratio(best["sustained_per_s"] if best else None,
                                           naive["sustained_per_s"]),
@@ -458,9 +487,6 @@ def summarise(figures: dict[str, Any]) -> dict[str, Any]:
                                            naive["sustained_per_s"]),
         "same_load_ratio_p99_naive_over_edgepipe": ratio(
             naive["mqtt_latency_ms"]["p99"], same_n["mqtt_latency_ms"]["p99"] if same_n else None),
-        "lost_or_duplicated_total": sum(
-            c.get("lost_readings", 0) + c.get("lost_results", 0)
-            + c.get("duplicated_in_kafka", 0) for c in figures["cases"]),
     }
 
 
@@ -469,68 +495,82 @@ def triple(latency: dict[str, float | None]) -> str:
                       for k in ("p50", "p95", "p99"))
 
 
+VARIANT_LABEL = {False: "scoring", True: "scoring + windows/stats"}
+
+
 def write_report(figures: dict[str, Any], folder: Path) -> list[Path]:
     """bench/results/e2e.md and three PNGs; returns the PNG paths."""
     cases = [c for c in figures["cases"] if "error" not in c]
     naive, summary, host = figures["naive"], figures["summary"], figures["machine"]
-    rows = [[f"{c['devices']:,}", f"{c['offered_per_s']:,.0f}", f"{c['sustained_per_s']:,.0f}",
-             triple(c["mqtt_latency_ms"]), triple(c["mongo_latency_ms"]),
-             c["lag_end"].get("worker"), c["lag_end"].get("sink"),
+    rows = [[VARIANT_LABEL[c["analytics"]], f"{c['devices']:,}", f"{c['offered_per_s']:,.0f}",
+             f"{c['sustained_per_s']:,.0f}", triple(c["mqtt_latency_ms"]),
+             triple(c["mongo_latency_ms"]), c["lag_end"].get("worker"), c["lag_end"].get("sink"),
              c["lost_readings"] + c["lost_results"],
              c["duplicated_in_kafka"] + c["duplicated_over_mqtt"],
              "yes" if c["holds"] else "no"] for c in cases]
-    rows.append([f"{naive['devices']:,} (seed design)", f"{naive['offered_per_s']:,.0f}",
+    rows.append(["seed design", f"{naive['devices']:,}", f"{naive['offered_per_s']:,.0f}",
                  f"{naive['sustained_per_s']:,.0f}", triple(naive["mqtt_latency_ms"]),
-                 triple(naive["mongo_latency_ms"]), "", "", "", "", "no"])
-    table = markdown_table(["N devices", "offered/s", "sustained/s",
+                 triple(naive["mongo_latency_ms"]), "", "", naive["not_forwarded"], "", "no"])
+    table = markdown_table(["worker", "N devices", "offered/s", "sustained/s",
                             "device->MQTT result p50/p95/p99 ms",
                             "device->iot.analytics p50/p95/p99 ms", "worker lag at end",
                             "sink lag at end", "lost", "duplicated", "holds"], rows)
     names = sorted({n for c in cases for n in c["resources"]})
-    usage = markdown_table(["process"] + [f"N={c['devices']:,}" for c in cases],
+    heads = [f"N={c['devices']:,}{' +a' if c['analytics'] else ''}" for c in cases]
+    usage = markdown_table(["process", *heads],
                            [[n] + [fmt_usage(c["resources"].get(n)) for c in cases]
                             for n in names])
-    failed = [f"- N={c['devices']:,}: {c['error'][:300]}" for c in figures["cases"]
-              if "error" in c]
+    failed = [f"- N={c['devices']:,} ({VARIANT_LABEL[c['analytics']]}): {c['error'][:300]}"
+              for c in figures["cases"] if "error" in c]
+    lines = [f"- {VARIANT_LABEL[name == 'analytics']}: saturation at N = "
+             f"{v['saturation_devices']} devices ({v['saturation_sustained_per_s']} readings/s); "
+             f"{v['ratio_sustained_vs_naive']}x the seed design's sustained rate; at the same "
+             f"load (N = {naive['devices']:,}) {v['same_load_ratio_sustained']}x sustained and "
+             f"{v['same_load_ratio_p99_naive_over_edgepipe']}x lower p99"
+             for name, v in summary.items() if isinstance(v, dict)]
     text = "\n\n".join([
         f"## End-to-end benchmark ({host['date_utc']})",
         f"Machine: {host['cpus']} cores, {host['memory_gb']} GB, Python {host['python']}, "
         f"every service on it; {host['note']}. {figures['options']['load_s']:g} s steady "
         f"window per N at {figures['options']['rate']:g} Hz per device.",
         table,
-        f"Saturation point (p99 < {P99_LIMIT_MS:.0f} ms, lag bounded, sustained >= "
-        f"{SUSTAINED_SHARE:.0%} of offered): N = {summary['saturation_devices']} devices, "
-        f"{summary['saturation_sustained_per_s']} readings/s. Seed design sustained "
-        f"{summary['naive_sustained_per_s']} readings/s: ratio "
-        f"{summary['ratio_sustained_vs_naive']}x at saturation, "
-        f"{summary['same_load_ratio_sustained']}x sustained and "
-        f"{summary['same_load_ratio_p99_naive_over_edgepipe']}x lower p99 at the same load.",
-        "CPU (% of one core over the window) and peak RSS (MB) per process:",
+        f"Saturation point: the highest N with p99 < {P99_LIMIT_MS:.0f} ms, lag bounded and "
+        f"sustained >= {SUSTAINED_SHARE:.0%} of offered. Seed design sustained "
+        f"{naive['sustained_per_s']} readings/s.",
+        "\n".join(lines),
+        "CPU (% of one core over the window) and peak RSS (MB) per process "
+        "(+a: with windows/stats):",
         usage, *(["Cases that could not run:", "\n".join(failed)] if failed else []),
         "![throughput](throughput.png) ![p99](p99.png) ![lag](lag.png)"])
     (folder / "e2e.md").write_text(text + "\n")
-    xs = [float(c["devices"]) for c in cases]
+    throughput: dict[str, Series] = {}
+    latency: dict[str, Series] = {}
+    for analytics in (False, True):
+        variant = [c for c in cases if c["analytics"] == analytics]
+        if not variant:
+            continue
+        xs = [float(c["devices"]) for c in variant]
+        label = VARIANT_LABEL[analytics]
+        throughput[f"offered ({label})"] = (xs, [c["offered_per_s"] for c in variant])
+        throughput[f"sustained ({label})"] = (xs, [c["sustained_per_s"] for c in variant])
+        latency[f"to MQTT ({label})"] = (xs, [c["mqtt_latency_ms"]["p99"] or 0 for c in variant])
+        latency[f"to iot.analytics ({label})"] = (
+            xs, [c["mongo_latency_ms"]["p99"] or 0 for c in variant])
+    throughput["sustained (seed design)"] = ([float(naive["devices"])],
+                                             [naive["sustained_per_s"]])
+    latency["to MQTT (seed design)"] = ([float(naive["devices"])],
+                                        [naive["mqtt_latency_ms"]["p99"] or 0])
     return [
-        plot_lines(folder / "throughput.png", "Readings/s against devices", "devices (N)",
-                   "readings/s", {
-                       "offered": (xs, [c["offered_per_s"] for c in cases]),
-                       "sustained (edgepipe)": (xs, [c["sustained_per_s"] for c in cases]),
-                       "sustained (seed design)": ([float(naive["devices"])],
-                                                   [naive["sustained_per_s"]])},
-                   logx=True, logy=True),
-        plot_lines(folder / "p99.png", "p99 latency from device timestamp", "devices (N)",
-                   "ms", {
-                       "to MQTT result": (xs, [c["mqtt_latency_ms"]["p99"] or 0 for c in cases]),
-                       "to iot.analytics (scored_at)": (
-                           xs, [c["mongo_latency_ms"]["p99"] or 0 for c in cases]),
-                       "seed design, to MQTT": ([float(naive["devices"])],
-                                                [naive["mqtt_latency_ms"]["p99"] or 0])},
-                   logx=True, logy=True, hline=(P99_LIMIT_MS, "500 ms")),
-        plot_lines(folder / "lag.png", "Model worker consumer lag (0 s = steady window)",
+        plot_lines(folder / "throughput.png", "Readings/s against devices (1 Hz each)",
+                   "devices (N)", "readings/s", throughput, logx=True, logy=True),
+        plot_lines(folder / "p99.png", "p99 latency from the device's timestamp", "devices (N)",
+                   "ms", latency, logx=True, logy=True, hline=(P99_LIMIT_MS, "500 ms")),
+        plot_lines(folder / "lag.png", "Model worker consumer lag (0 s = steady window start)",
                    "seconds", "records behind", {
-                       f"N={c['devices']:,}": (
+                       f"N={c['devices']:,} {VARIANT_LABEL[c['analytics']]}": (
                            [t - c["lag_window_s"][0] for t, _ in c["lag_series"]["worker"]],
-                           [v for _, v in c["lag_series"]["worker"]]) for c in cases}),
+                           [v for _, v in c["lag_series"]["worker"]]) for c in cases},
+                   logy=True),
     ]
 
 

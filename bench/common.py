@@ -134,13 +134,15 @@ class LagSampler(Sampler):
     def sample(self) -> None:
         at = round(time.monotonic() - self.started, 2)
         try:
+            committed = {name: reader.committed(self._partitions, timeout=5)
+                         for name, reader in self._readers.items()}
+            # End offsets after the commits: a commit can never be ahead of them.
             any_reader = next(iter(self._readers.values()))
             ends = [any_reader.get_watermark_offsets(tp, timeout=5)[1]
                     for tp in self._partitions]
-            for name, reader in self._readers.items():
-                committed = reader.committed(self._partitions, timeout=5)
-                lag = sum(end - max(tp.offset, 0) for end, tp in zip(ends, committed,
-                                                                     strict=True))
+            for name, offsets in committed.items():
+                lag = sum(max(0, end - max(tp.offset, 0))
+                          for end, tp in zip(ends, offsets, strict=True))
                 self.series[name].append((at, lag))
         except Exception:  # a missed sample must not end the benchmark; it is counted
             self.errors += 1
