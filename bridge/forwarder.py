@@ -119,7 +119,11 @@ class Forwarder:
         # Subscribe on every connect: a resumed session keeps subscriptions, a
         # new or expired one would otherwise stay connected and move nothing.
         share = self.settings.bridge_share_group
-        client.subscribe([(f"$share/{share}/{f}", 1) for f in self.filters])
+        # Mosquitto 2.0 does not restore an offline session's shared
+        # subscriptions after a broker restart (its plain ones it does), so a
+        # lone bridge subscribes plainly when BRIDGE_SHARE_GROUP is empty.
+        prefix = f"$share/{share}/" if share else ""
+        client.subscribe([(prefix + f, 1) for f in self.filters])
         log.info("mqtt connected", extra={"session_present": flags.session_present,
                                           "client_id": client_id_for(self.settings),
                                           "filters": self.filters, "share_group": share})

@@ -33,6 +33,12 @@ RECOVERY_BOUND_S = 30.0
 # Window and statistics values recomputed with math.fsum agree to this
 # relative tolerance (both sides sum at most a few hundred values near 20).
 REL_TOL = 1e-9
+# A window closed by idle timeout during an outage is emitted again (a
+# revision) once the readings held back arrive and its series goes idle
+# again; the default 30 s would make every scenario wait that long.
+IDLE_TIMEOUT_S = 5
+# Windows and statistics must equal the recomputation within this.
+SETTLE_S = 30.0
 
 
 def stack(command: str, service: str, timeout: float = 150.0) -> subprocess.CompletedProcess[str]:
@@ -73,12 +79,13 @@ class Pipeline:
     def env(self, **extra: str) -> dict[str, str]:
         return service_env(self.settings, self.unique, MODEL_PATH=str(self.model_dir),
                            BRIDGE_SESSION_EXPIRY_S="600", BRIDGE_SINK_BATCH_WAIT_MS="50",
-                           WORKER_BATCH_WAIT_MS="50", **extra)
+                           WORKER_BATCH_WAIT_MS="50",
+                           ANALYTICS_IDLE_TIMEOUT_S=str(IDLE_TIMEOUT_S), **extra)
 
-    def add_bridge(self, name: str) -> ServiceProcess:
+    def add_bridge(self, name: str, **extra: str) -> ServiceProcess:
         env = self.env(BRIDGE_CLIENT_ID=f"bridge-{self.unique}-{name}",
                        BRIDGE_INSTANCE=str(len(self.procs)),
-                       BRIDGE_HTTP_PORT=str(free_port()))
+                       BRIDGE_HTTP_PORT=str(free_port()), **extra)
         return self._add(name, ServiceProcess("bridge", env, self.tmp_path / f"{name}.log",
                                               http_port=int(env["BRIDGE_HTTP_PORT"])))
 
@@ -186,7 +193,11 @@ def check_delivery(db: Database[dict[str, Any]], devices: Devices,
         return Counter((d["device_id"], d["seq"])
                        for d in db.readings.find(query, {"device_id": 1, "seq": 1}))
 
-    wait_for(lambda: expected <= set(stored_keys()), timeout, "every acked reading stored")
+    try:
+        wait_for(lambda: expected <= set(stored_keys()), timeout, "every acked reading stored")
+    except AssertionError as exc:
+        missing = sorted(expected - set(stored_keys()))
+        raise AssertionError(f"{exc}: {len(missing)} missing, e.g. {missing[:20]}") from exc
     reading_ids = [d["_id"] for d in db.readings.find(query, {"_id": 1})]
     wait_for(lambda: db.analytics.count_documents(query) >= len(reading_ids), timeout,
              "every stored reading scored")
@@ -206,35 +217,55 @@ def _close(a: float | None, b: float) -> bool:
     return a is not None and math.isclose(a, b, rel_tol=REL_TOL, abs_tol=REL_TOL)
 
 
-def check_windows_and_stats(db: Database[dict[str, Any]], prefix: str) -> dict[str, int]:
-    """Each stored window and each series' running statistics equal a
-    recomputation (math.fsum) from the stored readings."""
+def window_mismatches(db: Database[dict[str, Any]], prefix: str) -> tuple[list[str], int, int]:
+    """Differences between the stored windows and statistics and a
+    recomputation (math.fsum) from the stored readings; and how many windows
+    and series were compared."""
     query = {"device_id": {"$regex": f"^{prefix}-"}}
     series: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
     for doc in db.readings.find(query, {"device_id": 1, "sensor": 1, "ts_ns": 1, "value": 1}):
         series[(doc["device_id"], doc["sensor"])].append((doc["ts_ns"], doc["value"]))
-    stored = sum(len(v) for v in series.values())
-    # The statistics of a batch are written beside its results, not before them.
-    wait_for(lambda: sum(d["count"] for d in db.stats.find({**query, "field": "value"}))
-             >= stored, 30, f"statistics covering all {stored} readings")
+    wrong: list[str] = []
     windows = list(db.windows.find({**query, "field": "value"}))
     for window in windows:
         end_ns = window["start_ns"] + window["size_s"] * 1_000_000_000
         values = [v for ts, v in series[(window["device_id"], window["sensor"])]
                   if window["start_ns"] <= ts < end_ns]
-        label = window["_id"]
-        assert window["count"] == len(values), (label, window["count"], len(values))
-        assert _close(window["sum"], math.fsum(values)), (label, window["sum"])
-        assert _close(window["mean"], math.fsum(values) / len(values)), label
-        assert window["min"] == min(values) and window["max"] == max(values), label
-    assert windows, "no closed window to compare"
+        label = (f"window {window['_id']} rev {window.get('revision')} "
+                 f"closed by {window.get('closed_by')}")
+        if window["count"] != len(values):
+            wrong.append(f"{label}: count {window['count']}, recomputed {len(values)}")
+        elif not (_close(window["sum"], math.fsum(values))
+                  and _close(window["mean"], math.fsum(values) / len(values))
+                  and window["min"] == min(values) and window["max"] == max(values)):
+            wrong.append(f"{label}: sum/mean/min/max differ")
+    if not windows:
+        wrong.append("no closed window to compare")
     stats = {(d["device_id"], d["sensor"]): d for d in db.stats.find({**query, "field": "value"})}
-    assert set(stats) == set(series)
+    if set(stats) != set(series):
+        wrong.append(f"statistics for {sorted(stats)}, readings for {sorted(series)}")
     for key, points in series.items():
         numbers = [v for _, v in points]
         mean = math.fsum(numbers) / len(numbers)
-        assert stats[key]["count"] == len(numbers), (key, stats[key]["count"], len(numbers))
-        assert _close(stats[key]["mean"], mean), key
         m2 = math.fsum((x - mean) ** 2 for x in numbers)
-        assert math.isclose(stats[key]["m2"], m2, rel_tol=1e-6, abs_tol=1e-9), key
-    return {"windows_checked": len(windows), "series_checked": len(series)}
+        found = stats.get(key)
+        if found is None:
+            continue
+        if found["count"] != len(numbers):
+            wrong.append(f"stats {key}: count {found['count']}, recomputed {len(numbers)}")
+        elif not (_close(found["mean"], mean)
+                  and math.isclose(found["m2"], m2, rel_tol=1e-6, abs_tol=1e-9)):
+            wrong.append(f"stats {key}: mean/m2 differ")
+    return wrong, len(windows), len(series)
+
+
+def check_windows_and_stats(db: Database[dict[str, Any]], prefix: str) -> dict[str, int]:
+    """Windows and statistics equal the recomputation within SETTLE_S."""
+    deadline = time.monotonic() + SETTLE_S
+    while True:
+        wrong, windows, series = window_mismatches(db, prefix)
+        if not wrong:
+            return {"windows_checked": windows, "series_checked": series}
+        if time.monotonic() > deadline:
+            raise AssertionError(f"after {SETTLE_S} s: " + "; ".join(wrong[:10]))
+        time.sleep(1)
