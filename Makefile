@@ -36,7 +36,8 @@ logs:  ## last lines of every service log (make logs SVC=kafka for one)
 	@bash local_stack/stack.sh logs $(SVC)
 
 model: $(STAMP)  ## create the demo model in MODEL_PATH unless a model is there
-	@$(PY) -m model_worker make-demo-model --if-missing --out $(MODEL_PATH)/default.json
+	@$(PY) -m model_worker make-demo-model --if-missing --out $(MODEL_PATH)/default.json \
+	  --sensors temperature,humidity
 
 up: $(STAMP) services model  ## run the whole pipeline in the foreground (Ctrl-C stops it)
 	@SENSORS=$(SENSORS) bash local_stack/run_pipeline.sh

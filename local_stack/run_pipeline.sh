@@ -21,7 +21,7 @@ stop_all() {
   done
 }
 
-ready() { curl -fsS -o /dev/null "http://127.0.0.1:$1$2"; }
+ready() { curl -fs -o /dev/null "http://127.0.0.1:$1$2"; }
 
 if [[ "${1:-}" == "stop" ]]; then
   stop_all

@@ -9,6 +9,7 @@ import socket
 import sys
 import time
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -146,13 +147,17 @@ def run_make_demo(args: argparse.Namespace) -> None:
         if present:
             print(f"models already in {folder}/ ({', '.join(present)}): demo model not needed")
             return
-    started = time.perf_counter()
-    frame = train.demo_frame()
-    model, report = train.fit_prophet(frame)
-    train.save_model(model, Path(args.out), "json" if args.out.endswith(".json") else "joblib")
-    print(f"demo model written to {args.out} ({report.rows} rows, held-back MAE "
-          f"{report.holdout_mae:.3f}, coverage {report.holdout_coverage:.0%}, "
-          f"{time.perf_counter() - started:.1f}s)")
+    out = Path(args.out)
+    fits = [(out, train.demo_frame)]
+    fits += [(out.with_name(f"{sensor}{out.suffix}"), partial(train.simulator_frame, sensor))
+             for sensor in filter(None, args.sensors.split(","))]
+    for path, make_frame in fits:
+        started = time.perf_counter()
+        model, report = train.fit_prophet(make_frame())
+        train.save_model(model, path, "json" if path.suffix == ".json" else "joblib")
+        print(f"demo model written to {path} ({report.rows} rows, held-back MAE "
+              f"{report.holdout_mae:.3f}, coverage {report.holdout_coverage:.0%}, "
+              f"{time.perf_counter() - started:.1f}s)")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -171,6 +176,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     fit.add_argument("--plot", help="write a PNG of actual vs forecast here")
     demo = commands.add_parser("make-demo-model", help="fit a small Prophet on synthetic data")
     demo.add_argument("--out", default="models/default.json")
+    demo.add_argument("--sensors", default="",
+                      help="also fit {sensor}.json beside --out for these simulator sensors, "
+                           "on the simulator's own synthetic data (e.g. temperature,humidity)")
     demo.add_argument("--if-missing", action="store_true",
                       help="do nothing when the folder of --out already holds a model")
     args = parser.parse_args(argv)

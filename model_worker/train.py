@@ -131,6 +131,38 @@ def plot_forecast(model: Prophet, frame: pd.DataFrame, out: Path, title: str) ->
     plt.close(fig)
 
 
+def simulator_frame(sensor: str, days: int = 7, step_min: int = 20, devices: int = 20,
+                    seed: int = 7, end: datetime | None = None) -> pd.DataFrame:
+    """History of one scalar sensor as the edge simulator generates it, from
+    several devices at once so the interval also covers how devices differ."""
+    # The demo's promise is "fitted on the data the simulator sends"; its own
+    # generator is the only faithful source of that shape.
+    import random
+
+    from edge_simulator.samples import PROFILES, SyntheticSensor
+
+    if sensor not in PROFILES or PROFILES[sensor].axes:
+        scalar = [name for name, profile in PROFILES.items() if not profile.axes]
+        raise ConfigError(f"no demo model for {sensor!r}: choose from {', '.join(scalar)}")
+    end = end or datetime.now(UTC).replace(second=0, microsecond=0)
+    step_ns = step_min * 60 * 1_000_000_000
+    end_ns = datetime_to_ns(end)
+    start_ns = end_ns - days * 24 * 60 * 60 * 1_000_000_000
+    rows: list[tuple[int, float]] = []
+    for device in range(devices):
+        # Trend counted from `end`, where simulated devices start: their level now
+        # is the model's level now.
+        generator = SyntheticSensor(sensor, random.Random(seed * 1000 + device), end_ns,
+                                    spike_rate=0.0, dropout_rate=0.0, anomaly_rate=0.0)
+        for ts_ns in range(start_ns, end_ns, step_ns):
+            sample = generator.sample(ts_ns)
+            if sample is not None and sample.value is not None:
+                rows.append((ts_ns, sample.value))
+    rows.sort()
+    return pd.DataFrame({"ds": pd.to_datetime([t for t, _ in rows], unit="ns"),
+                         "y": [v for _, v in rows]})
+
+
 def demo_frame(days: int = 7, step_min: int = 10, seed: int = 7,
                end: datetime | None = None) -> pd.DataFrame:
     """Temperature-like data ending now: 21 °C, a 3 °C daily swing peaking mid

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import time
@@ -14,10 +15,12 @@ import pytest
 from matplotlib import image
 from pymongo import MongoClient
 
+from contracts.errors import ConfigError
 from contracts.events import Reading, make_event_id
 from contracts.settings import Settings
+from edge_simulator.samples import SyntheticSensor
 from model_worker.models import load_model
-from model_worker.train import demo_frame
+from model_worker.train import demo_frame, simulator_frame
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -77,3 +80,28 @@ def test_make_demo_model_is_fast_and_loads(tmp_path: Path) -> None:
     loaded = load_model(tmp_path / "default.json", trust_pickle=False, grid_step_s=3600,
                         now_ns=time.time_ns())
     assert loaded.stamp.kind == "prophet"
+
+
+def test_demo_models_per_sensor_fit_what_the_simulator_sends(tmp_path: Path) -> None:
+    out = run_cli("make-demo-model", "--out", str(tmp_path / "default.json"),
+                  "--sensors", "temperature,humidity")
+    assert out.count("demo model written") == 3
+    now_ns = time.time_ns()
+    for sensor in ("temperature", "humidity"):
+        loaded = load_model(tmp_path / f"{sensor}.json", trust_pickle=False, grid_step_s=3600,
+                            now_ns=now_ns)
+        # Ten simulated devices that start now, as `make up` starts them, for six hours.
+        ts_ns = np.arange(now_ns, now_ns + 6 * 3600 * 10**9, 60 * 10**9, dtype=np.int64)
+        samples = []
+        for seed in range(10):
+            device = SyntheticSensor(sensor, random.Random(seed + 99), now_ns, spike_rate=0.0,
+                                     dropout_rate=0.0, anomaly_rate=0.0)
+            samples += [(t, device.sample(int(t))) for t in ts_ns]
+        ts_ns = np.array([t for t, sample in samples if sample], dtype=np.int64)
+        values = np.array([sample.value for _, sample in samples if sample], dtype=np.float64)
+        _, lower, upper = loaded.forecast(ts_ns, values)
+        inside = ((values >= lower) & (values <= upper)).mean()
+        # A 95 % interval over devices that differ by their offsets: most, not all.
+        assert inside > 0.85, f"{sensor}: only {inside:.0%} of normal readings inside"
+    with pytest.raises(ConfigError, match="no demo model for 'accelerometer'"):
+        simulator_frame("accelerometer")
