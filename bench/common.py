@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,3 +255,30 @@ def plot_lines(path: Path, title: str, xlabel: str, ylabel: str, series: dict[st
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def histogram_seconds(port: int) -> dict[str, float]:
+    """`_sum` of every step-duration histogram a service's /metrics serves, keyed
+    by name and labels: differences over a window say where its time went."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        # Time spent in a step; not sizes, nor per-message latencies that overlap in flight.
+        if family.type != "histogram" or not family.name.endswith("_seconds") \
+                or "ack" in family.name:
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_sum"):
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                sums[f"{family.name}{{{labels}}}" if labels else family.name] = sample.value
+    return sums
+
+
+def busy_share(before: dict[str, float], after: dict[str, float],
+               seconds: float) -> dict[str, float]:
+    """Seconds each histogram accumulated per second of the window."""
+    return {name: round((value - before.get(name, 0.0)) / seconds, 3)
+            for name, value in after.items() if value > before.get(name, 0.0)}
