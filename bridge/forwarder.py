@@ -119,14 +119,12 @@ class Forwarder:
         # Subscribe on every connect: a resumed session keeps subscriptions, a
         # new or expired one would otherwise stay connected and move nothing.
         share = self.settings.bridge_share_group
-        # Mosquitto 2.0 does not restore an offline session's shared
-        # subscriptions after a broker restart (its plain ones it does), so a
-        # lone bridge subscribes plainly when BRIDGE_SHARE_GROUP is empty.
-        prefix = f"$share/{share}/" if share else ""
+        prefix = f"$share/{share}/" if self.settings.bridge_shared_subscription else ""
         client.subscribe([(prefix + f, 1) for f in self.filters])
         log.info("mqtt connected", extra={"session_present": flags.session_present,
                                           "client_id": client_id_for(self.settings),
-                                          "filters": self.filters, "share_group": share})
+                                          "filters": self.filters,
+                                          "share_group": share if prefix else None})
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
                       reason_codes: list[Any], properties: Any) -> None:

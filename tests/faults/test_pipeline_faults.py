@@ -146,13 +146,13 @@ def test_mongo_down_for_30_s(request: pytest.FixtureRequest, pipeline: Pipeline,
 
 def test_mosquitto_restarted(request: pytest.FixtureRequest, pipeline: Pipeline,
                              mongo: MongoClient[dict[str, Any]]) -> None:
-    """A lone bridge with a plain subscription (BRIDGE_SHARE_GROUP empty):
+    """A lone bridge with a plain subscription (BRIDGE_SHARED_SUBSCRIPTION=false):
     Mosquitto 2.0 restores an offline session's plain subscriptions after a
     restart but not its shared ones, so with a shared subscription whatever
     devices publish between the broker's restart and the bridge's
     resubscribe is acknowledged and dropped (70 of 120 readings in one run;
     see test_mosquitto_restart_with_shared_subscription)."""
-    pipeline.add_bridge("bridge", BRIDGE_SHARE_GROUP="")
+    pipeline.add_bridge("bridge", BRIDGE_SHARED_SUBSCRIPTION="false")
     pipeline.add_worker("worker")
 
     def restart() -> None:
