@@ -519,7 +519,8 @@ VARIANT_LABEL = {False: "scoring", True: "scoring + windows/stats"}
 
 def write_report(figures: dict[str, Any], folder: Path) -> list[Path]:
     """bench/results/e2e.md and three PNGs; returns the PNG paths."""
-    cases = [c for c in figures["cases"] if "error" not in c]
+    cases = sorted((c for c in figures["cases"] if "error" not in c),
+                   key=lambda c: (c["analytics"], c["devices"]))
     naive, summary, host = figures["naive"], figures["summary"], figures["machine"]
     rows = [[VARIANT_LABEL[c["analytics"]], f"{c['devices']:,}", f"{c['offered_per_s']:,.0f}",
              f"{c['sustained_per_s']:,.0f}", triple(c["mqtt_latency_ms"]),
@@ -539,6 +540,11 @@ def write_report(figures: dict[str, Any], folder: Path) -> list[Path]:
     usage = markdown_table(["process", *heads],
                            [[n] + [fmt_usage(c["resources"].get(n)) for c in cases]
                             for n in names])
+    steps = sorted({f"{proc}: {name}" for c in cases for proc, shares in c["busy_share"].items()
+                    for name in shares})
+    busy = markdown_table(["step", *heads], [
+        [step] + [f"{c['busy_share'].get(step.split(': ')[0], {}).get(step.split(': ')[1], 0):.2f}"
+                  for c in cases] for step in steps])
     failed = [f"- N={c['devices']:,} ({VARIANT_LABEL[c['analytics']]}): {c['error'][:300]}"
               for c in figures["cases"] if "error" in c]
     lines = [f"- {VARIANT_LABEL[name == 'analytics']}: saturation at N = "
@@ -560,7 +566,10 @@ def write_report(figures: dict[str, Any], folder: Path) -> list[Path]:
         "\n".join(lines),
         "CPU (% of one core over the window) and peak RSS (MB) per process "
         "(+a: with windows/stats):",
-        usage, *(["Cases that could not run:", "\n".join(failed)] if failed else []),
+        usage,
+        "Seconds per second of the window spent in each timed step (from the services' "
+        "/metrics; the worker's MongoDB and MQTT writes overlap; near 1.00 is the limit):",
+        busy, *(["Cases that could not run:", "\n".join(failed)] if failed else []),
         "![throughput](throughput.png) ![p99](p99.png) ![lag](lag.png)"])
     (folder / "e2e.md").write_text(text + "\n")
     throughput: dict[str, Series] = {}
@@ -590,7 +599,7 @@ def write_report(figures: dict[str, Any], folder: Path) -> list[Path]:
                        f"N={c['devices']:,} {VARIANT_LABEL[c['analytics']]}": (
                            [t - c["lag_window_s"][0] for t, _ in c["lag_series"]["worker"]],
                            [v for _, v in c["lag_series"]["worker"]]) for c in cases},
-                   logy=True),
+                   symlogy=True),
     ]
 
 

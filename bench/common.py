@@ -231,15 +231,17 @@ Series = tuple[Sequence[float], Sequence[float]]
 
 
 def plot_lines(path: Path, title: str, xlabel: str, ylabel: str, series: dict[str, Series], *,
-               logx: bool = False, logy: bool = False,
+               logx: bool = False, logy: bool = False, symlogy: bool = False,
                hline: tuple[float, str] | None = None) -> Path:
-    """One PNG of labelled lines (a one-point series shows as a marker)."""
+    """One PNG of labelled lines (a one-point series shows as a marker);
+    `symlogy`: logarithmic above 10 and linear below, so zeros stay drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    ax.set_prop_cycle(color=[plt.get_cmap("tab20")(i) for i in range(20)])
     for label, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o", markersize=3 if len(xs) > 20 else 6, label=label)
     if hline is not None:
@@ -248,6 +250,8 @@ def plot_lines(path: Path, title: str, xlabel: str, ylabel: str, series: dict[st
         ax.set_xscale("log")
     if logy:
         ax.set_yscale("log")
+    if symlogy:
+        ax.set_yscale("symlog", linthresh=10)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
