@@ -52,6 +52,7 @@ from bench.common import (
     ResultsSubscriber,
     Series,
     busy_share,
+    clear_retained,
     histogram_seconds,
     listening_pids,
     markdown_table,
@@ -172,6 +173,7 @@ class Case:
     def cleanup(self) -> None:
         for proc in self.procs.values():
             proc.kill()
+        clear_retained(self.settings, f"{self.phase.root}#")
         self.phase.cleanup()
         kafka_admin(self.settings).delete_topics([self.analytics_topic, self.windows_topic])
 

@@ -286,3 +286,33 @@ def busy_share(before: dict[str, float], after: dict[str, float],
     """Seconds each histogram accumulated per second of the window."""
     return {name: round((value - before.get(name, 0.0)) / seconds, 3)
             for name, value in after.items() if value > before.get(name, 0.0)}
+
+
+def clear_retained(settings: Settings, topic_filter: str, quiet_s: float = 1.0,
+                   timeout_s: float = 60.0) -> int:
+    """Deletes the retained messages under `topic_filter` (the worker retains
+    each device's latest result), so a benchmark leaves nothing in the broker.
+    Returns how many topics were cleared."""
+    topics: set[str] = set()
+    last_seen = [time.monotonic()]
+
+    def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.retain and msg.payload:
+            topics.add(msg.topic)
+            last_seen[0] = time.monotonic()
+
+    client = mqtt_client(settings)
+    client.on_message = on_message
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic_filter, qos=1)
+    mqtt_connect(client, settings)
+    client.loop_start()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and time.monotonic() - last_seen[0] < quiet_s:
+        time.sleep(0.1)
+    client.unsubscribe(topic_filter)
+    infos = [client.publish(topic, b"", qos=1, retain=True) for topic in sorted(topics)]
+    for info in infos:
+        info.wait_for_publish(max(0.001, deadline - time.monotonic()))
+    client.disconnect()
+    client.loop_stop()
+    return len(topics)
