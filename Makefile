@@ -12,7 +12,7 @@ MODEL_PATH ?= models
 PYTEST_ARGS ?=
 
 .PHONY: help up down services status logs test test-fast lint model venv chromium \
-	bench-bridge bench-sim bench-worker bench-analytics bench-api bench-codecs clean
+	bench bench-bridge bench-sim bench-worker bench-analytics bench-api bench-codecs clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ test: $(STAMP) chromium services  ## set up, start the services and run the whol
 
 test-fast: $(STAMP)  ## only the tests that need no service
 	@$(VENV)/bin/pytest -m "not services" $(PYTEST_ARGS)
+
+bench: $(STAMP) services  ## end-to-end: N devices through the whole pipeline, against the seed design
+	@$(PY) -m bench.bench_e2e
 
 bench-bridge: $(STAMP) services  ## MQTT -> Kafka -> MongoDB, against the naive way
 	@$(PY) -m bench.bench_bridge
