@@ -68,16 +68,22 @@ class HealthWatch:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(0.5):
-            for proc in self.procs:
-                status = proc.get("/health")[0]
-                self.polls += 1
-                if status != 200:
-                    self.failures.append(f"{proc.module} /health {status}")
+        while True:
+            self.poll()
+            if self._stop.wait(0.5):
+                return
+
+    def poll(self) -> None:
+        for proc in self.procs:
+            status = proc.get("/health")[0]
+            self.polls += 1
+            if status != 200:
+                self.failures.append(f"{proc.module} /health {status}")
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
+        self.poll()  # the corpus can take less than one polling interval
 
 
 @pytest.fixture
