@@ -77,7 +77,8 @@ class Phase:
                     "KAFKA_TOPIC_DLQ": self.dlq, "MONGO_DB": self.db,
                     "BRIDGE_SHARE_GROUP": f"bench-{run_id}-{name}",
                     "BRIDGE_SINK_GROUP": f"bench-sink-{run_id}-{name}",
-                    "BRIDGE_SESSION_EXPIRY_S": "60", "LOG_LEVEL": "WARNING"}
+                    "BRIDGE_SESSION_EXPIRY_S": "60", "BRIDGE_SHARED_SUBSCRIPTION": "true",
+                    "LOG_LEVEL": "WARNING"}
         admin = kafka_admin(settings)
         config = {"message.timestamp.type": "LogAppendTime"}
         futures = admin.create_topics([NewTopic(t, PARTITIONS, 1, config=config)

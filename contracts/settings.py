@@ -54,10 +54,11 @@ class Settings(BaseSettings):
     bridge_http_port: int = Field(8101, ge=0, le=65535)
     bridge_routes_path: Path | None = None  # None: the routes shipped in bridge/routes.yaml
     bridge_share_group: str = "bridge"
-    # false: a lone bridge subscribes plainly; Mosquitto 2.0 drops an offline
-    # session's shared subscriptions when it restarts, and with them what
-    # devices publish until the bridge has subscribed again.
-    bridge_shared_subscription: bool = True
+    # true: subscribe as `$share/BRIDGE_SHARE_GROUP/...` so several bridges split
+    # the load. Off by default: Mosquitto 2.0 drops an offline session's shared
+    # subscriptions when it restarts, and with them what devices publish until
+    # the bridges have subscribed again; a lone bridge's plain subscription survives.
+    bridge_shared_subscription: bool = False
     bridge_max_payload_bytes: int = Field(256 * 1024, ge=64)
     bridge_sink_group: str = "raw-sink"
     bridge_sink_batch_size: int = Field(2000, ge=1)

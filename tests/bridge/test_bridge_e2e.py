@@ -272,7 +272,8 @@ def test_the_same_readings_published_twice_give_one_document_each(
 
 def test_two_bridges_share_the_load_and_store_every_reading_once(
         bridges: Any, publisher: Publisher, services: Settings, mongo: Any) -> None:
-    first, second = bridges(instance=0), bridges(instance=1)
+    first = bridges(instance=0, BRIDGE_SHARED_SUBSCRIPTION="true")
+    second = bridges(instance=1, BRIDGE_SHARED_SUBSCRIPTION="true")
     first.wait_ready()
     second.wait_ready()
     batch = good_readings(300, "a") + good_readings(300, "b")

@@ -152,7 +152,7 @@ def test_mosquitto_restarted(request: pytest.FixtureRequest, pipeline: Pipeline,
     devices publish between the broker's restart and the bridge's
     resubscribe is acknowledged and dropped (70 of 120 readings in one run;
     see test_mosquitto_restart_with_shared_subscription)."""
-    pipeline.add_bridge("bridge", BRIDGE_SHARED_SUBSCRIPTION="false")
+    pipeline.add_bridge("bridge")  # plain subscription, the default
     pipeline.add_worker("worker")
 
     def restart() -> None:
@@ -171,7 +171,7 @@ def test_two_of_each_and_one_of_each_killed(request: pytest.FixtureRequest, pipe
     they wait until a bridge with its client id returns; so the dead bridge
     is started again after RESTART_DELAY_S, as a supervisor would."""
     for name in ("bridge-a", "bridge-b"):
-        pipeline.add_bridge(name)
+        pipeline.add_bridge(name, BRIDGE_SHARED_SUBSCRIPTION="true")
     for name in ("worker-a", "worker-b"):
         pipeline.add_worker(name)
 
@@ -190,7 +190,7 @@ def test_two_of_each_and_one_of_each_killed(request: pytest.FixtureRequest, pipe
 def test_mosquitto_restart_with_shared_subscription(
         request: pytest.FixtureRequest, pipeline: Pipeline,
         mongo: MongoClient[dict[str, Any]]) -> None:
-    pipeline.add_bridge("bridge")
+    pipeline.add_bridge("bridge", BRIDGE_SHARED_SUBSCRIPTION="true")
     pipeline.add_worker("worker")
 
     def restart() -> None:
