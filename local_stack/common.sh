@@ -19,11 +19,15 @@
 #   stk_port_owner PORT             prints "pid/name" of the listener if known
 #   stk_wait_for TIMEOUT CMD...     retry CMD every 0.2 s until it succeeds
 #                                   or TIMEOUT seconds pass (exit 1)
+#   stk_wait_healthy SVC PID TIMEOUT CMD...
+#                                   the same, but exit 1 at once if PID dies
 #   stk_pidfile SVC                 path of the pid file
 #   stk_logfile SVC                 path of the log file
 #   stk_pid SVC [PATTERN]           prints the pid if the recorded process is
 #                                   alive (and its cmdline contains PATTERN);
 #                                   removes a stale pid file; exit 1 if none
+#                                   (with no pid file, a PATTERN under .stack
+#                                   finds the process again)
 #   stk_start_bg SVC CMD...         runs CMD detached (setsid nohup), output
 #                                   appended to the log, pid file written
 #   stk_stop SVC [TIMEOUT] [PATTERN] SIGTERM, wait TIMEOUT (default 20) s,
@@ -111,13 +115,42 @@ stk_wait_for() {
   done
 }
 
+# Like stk_wait_for, but gives up at once when the process PID has exited,
+# saying which of the two happened.
+stk_wait_healthy() {
+  local svc="$1" pid="$2" timeout="$3"
+  shift 3
+  local deadline=$((SECONDS + timeout))
+  until "$@"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "$svc: process $pid exited" >&2
+      return 1
+    fi
+    if ((SECONDS >= deadline)); then
+      echo "$svc: not healthy within ${timeout}s" >&2
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
 stk_pidfile() { printf '%s/%s.pid\n' "$STACK_RUN_DIR" "$1"; }
 stk_logfile() { printf '%s/%s.log\n' "$STACK_LOG_DIR" "$1"; }
 
 stk_pid() {
   local svc="$1" pattern="${2:-}" pf pid
   pf="$(stk_pidfile "$svc")"
-  [[ -f "$pf" ]] || return 1
+  if [[ ! -f "$pf" ]]; then
+    # A service that lost its pid file (a start that raced a stop) is found
+    # again by its own config path under .stack, so stop and status still
+    # reach it; other patterns are too loose to adopt a process by.
+    if [[ "$pattern" == "$STACK_DIR"/* ]] && pid="$(pgrep -o -f -- "$pattern")"; then
+      printf '%s\n' "$pid" >"$pf"
+      printf '%s\n' "$pid"
+      return 0
+    fi
+    return 1
+  fi
   pid="$(tr -dc '0-9' <"$pf")"
   if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null \
     && [[ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]]; then

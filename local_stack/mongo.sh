@@ -156,20 +156,7 @@ describe() {
   fi
 }
 
-wait_healthy() {
-  local pid="$1" deadline=$((SECONDS + MONGO_START_TIMEOUT))
-  while ! ping_ok; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      echo "mongo: process $pid exited" >&2
-      return 1
-    fi
-    if ((SECONDS >= deadline)); then
-      echo "mongo: no ping answer within ${MONGO_START_TIMEOUT}s" >&2
-      return 1
-    fi
-    sleep 0.2
-  done
-}
+wait_healthy() { stk_wait_healthy "$SVC" "$1" "$MONGO_START_TIMEOUT" ping_ok; }
 
 cmd_start() {
   local t0 eng pid

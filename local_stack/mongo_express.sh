@@ -97,20 +97,7 @@ ensure_mongo() {
   }
 }
 
-wait_healthy() {
-  local pid="$1" deadline=$((SECONDS + MONGO_EXPRESS_START_TIMEOUT))
-  while ! healthy; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      echo "mongo_express: process $pid exited" >&2
-      return 1
-    fi
-    if ((SECONDS >= deadline)); then
-      echo "mongo_express: no healthy answer on $BASE_URL within ${MONGO_EXPRESS_START_TIMEOUT}s" >&2
-      return 1
-    fi
-    sleep 0.3
-  done
-}
+wait_healthy() { stk_wait_healthy "$SVC" "$1" "$MONGO_EXPRESS_START_TIMEOUT" healthy; }
 
 cmd_start() {
   local t0 pid owner

@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import orjson
 
@@ -75,7 +75,7 @@ class ServiceProcess:
         self.http_port = http_port
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> ServiceProcess:
+    def start(self) -> Self:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", self.module, *self.args],
                                          cwd=REPO, env=self.env, stdout=log, stderr=log)

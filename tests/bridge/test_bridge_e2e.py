@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,19 +20,18 @@ from pymongo import MongoClient
 
 from contracts.clients import kafka_consumer, mqtt_client, mqtt_connect
 from contracts.settings import Settings
-from tests.support import REPO, free_port, wait_for
+from tests.support import ServiceProcess, free_port, wait_for
 
 pytestmark = pytest.mark.services
 
 
-class Bridge:
+class Bridge(ServiceProcess):
     """One `python -m bridge` process with this test's settings."""
 
     def __init__(self, settings: Settings, unique: str, log_dir: Path, *, instance: int = 0,
                  command: str = "run", **env: str) -> None:
-        self.http_port = free_port()
-        self.log_path = log_dir / f"bridge-{instance}-{time.monotonic_ns()}.log"
-        self.env = {
+        http_port = free_port()
+        super().__init__("bridge", {
             **os.environ,
             "BRIDGE_TOPIC_PREFIX": f"t/{unique}/",
             "KAFKA_TOPIC_READINGS": settings.kafka_topic_readings,
@@ -43,31 +40,18 @@ class Bridge:
             "BRIDGE_SHARE_GROUP": settings.bridge_share_group,
             "BRIDGE_SINK_GROUP": settings.bridge_sink_group,
             "BRIDGE_CLIENT_ID": f"bridge-{unique}-{instance}",
-            "BRIDGE_HTTP_PORT": str(self.http_port),
+            "BRIDGE_HTTP_PORT": str(http_port),
             "BRIDGE_SESSION_EXPIRY_S": "120",
             "BRIDGE_SHUTDOWN_TIMEOUT_S": "5",
             "BRIDGE_SINK_BATCH_WAIT_MS": "50",
             "LOG_FORMAT": "json",
             **env,
-        }
-        self.command = command
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Bridge:
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "bridge", self.command],
-                                         cwd=REPO, env=self.env, stdout=log, stderr=log)
-        return self
+        }, log_dir / f"bridge-{instance}-{time.monotonic_ns()}.log", args=(command,),
+            http_port=http_port)
 
     def ready(self) -> tuple[int, dict[str, Any]]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/ready",
-                                        timeout=2) as resp:
-                return resp.status, orjson.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, orjson.loads(exc.read())
-        except OSError:
-            return 0, {}
+        status, body = self.get("/ready")
+        return status, body or {}
 
     def metric(self, name: str) -> float:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics",
@@ -77,23 +61,9 @@ class Bridge:
                     return float(line.split()[1])
         return 0.0
 
-    def wait_ready(self, timeout: float = 25.0) -> None:
-        wait_for(lambda: self.ready()[0] == 200, timeout, f"bridge ready ({self.logs()[-800:]})")
-
     def wait_subscribed(self, timeout: float = 25.0) -> None:
         wait_for(lambda: self.ready()[1].get("forwarder", {}).get("mqtt_subscribed"), timeout,
                  f"bridge subscribed ({self.logs()[-800:]})")
-
-    def terminate(self, timeout: float = 25.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
