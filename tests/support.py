@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -15,7 +16,9 @@ from pathlib import Path
 from typing import Any, Self
 
 import orjson
+import paho.mqtt.client as mqtt
 
+from contracts.clients import mqtt_client, mqtt_connect
 from contracts.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,3 +118,41 @@ class ServiceProcess:
         if not self.log_path.exists():
             return ""
         return self.log_path.read_text(errors="replace")[-chars:]
+
+
+class MqttCollector:
+    """Subscribes to `topic_filter` and keeps every JSON payload and its topic."""
+
+    def __init__(self, settings: Settings, topic_filter: str,
+                 client_id: str | None = None) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.topics: set[str] = set()
+        self._lock = threading.Lock()
+        subscribed = threading.Event()
+        self.client = mqtt_client(settings, client_id)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *args: subscribed.set()
+        self.client.on_connect = lambda c, *args: c.subscribe(topic_filter, qos=1)
+        mqtt_connect(self.client, settings)
+        self.client.loop_start()
+        assert subscribed.wait(10), f"MQTT subscription to {topic_filter} not acknowledged"
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append(orjson.loads(msg.payload))
+            self.topics.add(msg.topic)
+
+    def seen(self) -> set[str]:
+        """Event ids received so far."""
+        with self._lock:
+            return {m["event_id"] for m in self.messages}
+
+    def wait_for(self, event_ids: set[str], timeout_s: float = 30.0) -> set[str]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not event_ids <= self.seen():
+            time.sleep(0.2)
+        return self.seen()
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()

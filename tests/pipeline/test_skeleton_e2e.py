@@ -7,51 +7,25 @@ Every service is its own `python -m` process, started as a user would."""
 import json
 import subprocess
 import sys
-import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 from pymongo import MongoClient
 
-from contracts.clients import mqtt_client, mqtt_connect
 from contracts.settings import Settings
-from tests.support import REPO, ServiceProcess, free_port, service_env, wait_for
+from tests.support import (
+    REPO,
+    MqttCollector,
+    ServiceProcess,
+    free_port,
+    service_env,
+    wait_for,
+)
 
 DEVICES, TICKS = 2, 5
-
-
-class ResultCollector:
-    """Subscribes to this test's results topic and keeps every payload."""
-
-    def __init__(self, settings: Settings, topic: str, client_id: str) -> None:
-        self.results: list[dict[str, Any]] = []
-        self.topics: set[str] = set()
-        self._lock = threading.Lock()
-        subscribed = threading.Event()
-        self.client = mqtt_client(settings, client_id)
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
-        self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.on_message = self._on_message
-        mqtt_connect(self.client, settings)
-        self.client.loop_start()
-        assert subscribed.wait(10), "results subscription not acknowledged"
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        with self._lock:
-            self.results.append(json.loads(msg.payload))
-            self.topics.add(msg.topic)
-
-    def event_ids(self) -> set[str]:
-        with self._lock:
-            return {r["event_id"] for r in self.results}
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @pytest.fixture
@@ -93,7 +67,7 @@ def pipeline(services: Settings, unique: str,
 def test_a_published_reading_reaches_every_destination(
         pipeline: dict[str, ServiceProcess], services: Settings, unique: str,
         mongo: MongoClient[dict[str, Any]]) -> None:
-    results = ResultCollector(services, f"t/{unique}/analytics/+/+", f"e2e-results-{unique}")
+    results = MqttCollector(services, f"t/{unique}/analytics/+/+", f"e2e-results-{unique}")
     try:
         simulator = subprocess.run(
             [sys.executable, "-m", "edge_simulator", "--devices", str(DEVICES), "--rate", "5",
@@ -112,15 +86,15 @@ def test_a_published_reading_reaches_every_destination(
         wait_for(lambda: db.analytics.count_documents({}) == expected, 60,
                  f"{expected} results in iot.analytics "
                  f"(worker log: {pipeline['model_worker'].log_tail()})")
-        wait_for(lambda: len(results.event_ids()) == expected, 30,
+        wait_for(lambda: len(results.seen()) == expected, 30,
                  f"{expected} results over MQTT")
 
         stored_ids = {d["_id"] for d in db.readings.find({}, {"_id": 1})}
         assert {d["_id"] for d in db.analytics.find({}, {"_id": 1})} == stored_ids
-        assert results.event_ids() == stored_ids
+        assert results.seen() == stored_ids
         assert results.topics == {f"t/{unique}/analytics/e2e{unique}-{i}/temperature"
                                   for i in range(DEVICES)}
-        for result in results.results:
+        for result in results.messages:
             assert result["model"]["kind"] == "prophet"
             assert result["yhat_lower"] <= result["yhat"] <= result["yhat_upper"]
             assert result["anomaly"] == (not result["yhat_lower"] <= result["value"]

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,11 +20,11 @@ import pytest
 from prophet import Prophet
 from prophet.serialize import model_to_json
 
-from contracts.clients import kafka_consumer, kafka_producer, mqtt_client, mqtt_connect
+from contracts.clients import kafka_consumer, kafka_producer
 from contracts.events import Reading, make_event_id
 from contracts.settings import Settings
 from model_worker.train import demo_frame
-from tests.support import free_port
+from tests.support import MqttCollector, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 NS_PER_S = 1_000_000_000
@@ -105,42 +104,6 @@ def read_analytics(settings: Settings, expected: int, timeout_s: float = 30.0,
     finally:
         consumer.close()
     return results
-
-
-class MqttCollector:
-    """Subscribes to the test's results topics and keeps every payload."""
-
-    def __init__(self, settings: Settings, topic_filter: str) -> None:
-        self.messages: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._subscribed = threading.Event()
-        self.client = mqtt_client(settings)
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *args: self._subscribed.set()
-        self.client.on_connect = lambda c, *args: c.subscribe(topic_filter, qos=1)
-        mqtt_connect(self.client, settings)
-        self.client.loop_start()
-        assert self._subscribed.wait(10), "MQTT subscription not acknowledged"
-
-    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        with self._lock:
-            self.messages.append(orjson.loads(message.payload))
-
-    def wait_for(self, event_ids: set[str], timeout_s: float = 30.0) -> set[str]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if event_ids <= self.seen():
-                break
-            time.sleep(0.2)
-        return self.seen()
-
-    def seen(self) -> set[str]:
-        with self._lock:
-            return {m["event_id"] for m in self.messages}
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 @pytest.fixture
