@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import APIKeyHeader, APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 from pymongo.asynchronous.database import AsyncDatabase
 
 from contracts.settings import Settings
@@ -38,3 +40,32 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 DbDep = Annotated[AsyncDatabase[dict[str, Any]], Depends(get_db)]
 HubDep = Annotated["StreamHub", Depends(get_hub)]
 IngestDep = Annotated["IngestPipe", Depends(get_ingest)]
+
+
+# The three ways a read token may come, as the ingest token does: a header for
+# programs, ?token= for what cannot set headers (the browser's EventSource).
+# auto_error=False: the check below decides, and only when a token is configured.
+_bearer = HTTPBearer(auto_error=False, description="API_READ_TOKEN")
+_header = APIKeyHeader(name="X-Token", auto_error=False)
+_query = APIKeyQuery(name="token", auto_error=False)
+
+
+def require_read_token(
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    header: Annotated[str | None, Depends(_header)],
+    query: Annotated[str | None, Depends(_query)],
+) -> None:
+    """With API_READ_TOKEN set, refuse a read without that token (401, JSON)."""
+    settings: Settings = request.app.state.settings
+    expected = settings.api_read_token.get_secret_value()
+    if not expected:
+        return
+    presented = (bearer.credentials if bearer else None) or header or query or ""
+    # compare_digest: the time taken does not tell how much of a guess was right.
+    if not hmac.compare_digest(presented.encode(), expected.encode()):
+        raise HTTPException(401, "missing or wrong read token (API_READ_TOKEN)",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+ReadAuth = Depends(require_read_token)
