@@ -24,6 +24,7 @@ mosquitto_passwd -U "$DATA/passwd.tmp"
 mv "$DATA/passwd.tmp" "$DATA/passwd"
 {
   cat /mosquitto/config/acl
+  # shellcheck disable=SC2016  # a literal MQTT topic
   printf '\n# operator account (MQTT_USERNAME), added at start\nuser %s\ntopic readwrite #\ntopic read $SYS/#\n' "$MQTT_USERNAME"
 } >"$DATA/acl"
 cp /mosquitto/config/mosquitto.conf "$DATA/mosquitto.conf"
