@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
-from api.deps import ReadAuth
+from api.deps import QueryTokenToHeader, ReadAuth
 from api.ingest import IngestPipe
 from api.observability import record_request
 from api.routes import ingest, metrics, ops, queries, stream
@@ -65,6 +65,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.middleware("http")(record_request)
+    app.add_middleware(QueryTokenToHeader)  # outermost: runs before routing and the log
 
     @app.exception_handler(SchemaError)
     async def bad_input(request: Request, exc: SchemaError) -> JSONResponse:
