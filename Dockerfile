@@ -6,6 +6,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1
 
+# openssl: the `credentials` service makes the local CA and the broker's certificate.
+RUN apt-get update && apt-get install -y --no-install-recommends openssl \
+    && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY contracts ./contracts
@@ -16,5 +20,8 @@ COPY api ./api
 RUN pip install .
 
 # Services run as an unprivileged user; models are mounted read-write at /app/models.
-RUN useradd --create-home --uid 10001 edgepipe && mkdir -p /app/models && chown edgepipe /app/models
+# /secrets is owned by that user so the `credentials` named volume, created from
+# this folder, is writable by the one-shot service that fills it.
+RUN useradd --create-home --uid 10001 edgepipe && mkdir -p /app/models /secrets \
+    && chown edgepipe /app/models /secrets && chmod 0700 /secrets
 USER edgepipe

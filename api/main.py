@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
+from api.deps import QueryTokenToHeader, ReadAuth
 from api.ingest import IngestPipe
 from api.observability import record_request
 from api.routes import ingest, metrics, ops, queries, stream
@@ -64,6 +65,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.middleware("http")(record_request)
+    app.add_middleware(QueryTokenToHeader)  # outermost: runs before routing and the log
 
     @app.exception_handler(SchemaError)
     async def bad_input(request: Request, exc: SchemaError) -> JSONResponse:
@@ -80,7 +82,11 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"detail": f"MongoDB unavailable: {exc}"}, status_code=503,
                             headers={"Retry-After": "5"})
 
-    for module in (ops, queries, metrics, stream, ingest):
+    # Operations (/health, /ready, /metrics, the dashboard page) stay open for probes
+    # and scrapers; ingest checks its own token; every read needs API_READ_TOKEN if set.
+    for module in (ops, ingest):
         app.include_router(module.router)
+    for module in (queries, metrics, stream):
+        app.include_router(module.router, dependencies=[ReadAuth])
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -32,6 +32,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from api.pagination import after_cursor, as_utc, encode_cursor
 from api.timeparse import parse_time
+from contracts.clients import mqtt_tls_context
 from contracts.errors import EdgepipeError
 from contracts.events import NS_PER_MS, datetime_to_ns, ns_to_datetime
 from contracts.settings import Settings
@@ -148,7 +149,8 @@ class StreamHub:
                         username=settings.mqtt_username,
                         password=settings.mqtt_password.get_secret_value(),
                         identifier=f"edgepipe-api-{uuid.uuid4().hex[:10]}",
-                        keepalive=settings.mqtt_keepalive) as client:
+                        keepalive=settings.mqtt_keepalive,
+                        tls_context=mqtt_tls_context(settings)) as client:
                     await client.subscribe(topic, qos=1)
                     self.subscribed.set()
                     log.info("stream subscribed", extra={"topic": topic})

@@ -5,6 +5,7 @@ extend but should not weaken."""
 
 from __future__ import annotations
 
+import ssl
 import uuid
 from typing import Any
 
@@ -13,7 +14,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from pymongo import AsyncMongoClient, MongoClient
 
-from contracts.errors import ServiceUnavailable
+from contracts.errors import ConfigError, ServiceUnavailable
 from contracts.settings import Settings
 
 # acks=all + idempotence: a reading is only "in Kafka" once every in-sync
@@ -83,6 +84,19 @@ def async_mongo_client(settings: Settings,
                             **{**MONGO_DEFAULTS, **overrides})
 
 
+def mqtt_tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context for the broker when MQTT_TLS is on (None otherwise):
+    certificate and host name verified, against MQTT_CA_FILE if set (the local
+    CA generated at set-up) or the system's CAs."""
+    if not settings.mqtt_tls:
+        return None
+    try:
+        return ssl.create_default_context(
+            cafile=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"MQTT_CA_FILE {settings.mqtt_ca_file}: {exc}") from exc
+
+
 def mqtt_client(settings: Settings, client_id: str | None = None, *,
                 persistent: bool = False, manual_ack: bool = False,
                 session_expiry_s: int = 86_400) -> mqtt.Client:
@@ -95,6 +109,9 @@ def mqtt_client(settings: Settings, client_id: str | None = None, *,
         manual_ack=manual_ack,
     )
     client.username_pw_set(settings.mqtt_username, settings.mqtt_password.get_secret_value())
+    tls = mqtt_tls_context(settings)
+    if tls is not None:
+        client.tls_set_context(tls)
     client.reconnect_delay_set(min_delay=1, max_delay=30)
     client.user_data_set({"persistent": persistent, "session_expiry_s": session_expiry_s})
     return client

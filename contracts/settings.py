@@ -8,6 +8,7 @@ settings through the cached `get_settings()`, never at import time.
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Self
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,13 @@ class Settings(BaseSettings):
     mqtt_port: int = Field(1883, ge=1, le=65535)
     mqtt_username: str = "edgepipe"
     mqtt_password: SecretStr = SecretStr("edgepipe-local")
+    # When set, the password is this file's content (first line) instead of MQTT_PASSWORD:
+    # how services get their generated account's password (local_stack, compose).
+    mqtt_password_file: Path | None = None
+    # TLS to the broker (connect to its TLS listener: MQTT_PORT=8883 or MQTT_TLS_PORT locally);
+    # MQTT_CA_FILE: the CA to trust (the one generated at set-up), empty = the system's.
+    mqtt_tls: bool = False
+    mqtt_ca_file: Path | None = None
     mqtt_keepalive: int = Field(30, ge=5)
     mqtt_results_topic: str = "analytics/{device_id}/{sensor}"
 
@@ -128,11 +136,19 @@ class Settings(BaseSettings):
     simulator_inflight_window: int = Field(20, ge=1, le=65535)
     simulator_drain_timeout_s: float = Field(10.0, ge=0)
     simulator_progress_interval_s: float = Field(10.0, gt=0)
+    # A devices.csv made by `python -m contracts.credentials init`: each simulated device
+    # claims one of its accounts (user name = device id). Empty: every device connects
+    # with MQTT_USERNAME / MQTT_PASSWORD (the operator account, as the tests do).
+    simulator_credentials_file: Path | None = None
 
     # --- API ---
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     api_ingest_token: SecretStr = SecretStr("edgepipe-local")
+    # Empty: the read endpoints are open. Set: every read endpoint (queries, metrics,
+    # stream, dashboard data) needs it, like the ingest token; /health, /ready and
+    # /metrics stay open.
+    api_read_token: SecretStr = SecretStr("")
     api_page_limit_default: int = Field(100, ge=1)
     api_page_limit_max: int = Field(1000, ge=1)
     api_max_range_days: int = Field(366, ge=1)
@@ -149,6 +165,18 @@ class Settings(BaseSettings):
     mongo_express_password: SecretStr = SecretStr("edgepipe-local")
 
     @model_validator(mode="after")
+    def _read_password_file(self) -> Self:
+        if self.mqtt_password_file is not None:
+            try:
+                lines = self.mqtt_password_file.read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                raise ValueError(f"MQTT_PASSWORD_FILE {self.mqtt_password_file}: {exc}") from exc
+            if not lines or not lines[0].strip():
+                raise ValueError(f"MQTT_PASSWORD_FILE {self.mqtt_password_file} is empty")
+            self.mqtt_password = SecretStr(lines[0].strip())
+        return self
+
+    @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Self:
         if self.edgepipe_env != "production":
             return self
@@ -159,6 +187,17 @@ class Settings(BaseSettings):
         }
         unsafe = [name for name, value in shipped.items()
                   if value.get_secret_value() in KNOWN_LOCAL_SECRETS]
+        # Empty means "reads are open", a choice; a shipped value is not.
+        read_token = self.api_read_token.get_secret_value()
+        if read_token and read_token in KNOWN_LOCAL_SECRETS:
+            unsafe.append("API_READ_TOKEN")
+        # compose's MongoDB has a root user; its password travels inside MONGO_URL.
+        try:
+            mongo_password = urlsplit(self.mongo_url.get_secret_value()).password
+        except ValueError:
+            mongo_password = None
+        if mongo_password is not None and unquote(mongo_password) in KNOWN_LOCAL_SECRETS:
+            unsafe.append("MONGO_URL (MONGO_ROOT_PASSWORD)")
         if unsafe:
             raise ValueError(
                 f"{', '.join(unsafe)} still hold the shipped local password; "

@@ -23,7 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("edge_simulator", settings.log_level, settings.log_format)
     config = parse_config(argv, settings)
     stop = stop_on_signals()
-    final = run_simulator(config, settings, stop)
+    try:
+        final = run_simulator(config, settings, stop)
+    except ConfigError as exc:  # e.g. no free device account in --credentials
+        print(f"edge_simulator: {exc}", file=sys.stderr)
+        return 2
     # The summary is the program's output; logs stay on stderr.
     print(orjson.dumps({"summary": final.as_dict()}).decode(), flush=True)
     return 0

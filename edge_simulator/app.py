@@ -15,8 +15,11 @@ from typing import Any, TextIO
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from pydantic import SecretStr
 
 from contracts.clients import mqtt_client
+from contracts.credentials import CredentialsError, claim_devices, release_devices
+from contracts.errors import ConfigError
 from contracts.ops import OpsServer
 from contracts.settings import Settings
 from edge_simulator.cli import SimConfig
@@ -35,11 +38,18 @@ def _rng(seed: int | None, *parts: str) -> random.Random:
 
 
 def build_runs(config: SimConfig, settings: Settings, selector: selectors.BaseSelector,
-               counters: FleetCounters, hostname: str | None = None) -> list[DeviceRun]:
+               counters: FleetCounters, hostname: str | None = None,
+               accounts: list[tuple[str, str]] | None = None) -> list[DeviceRun]:
+    """One run per device; with `accounts` ((device_id, password) pairs) each
+    device is that account, else devices are named from the prefix and all use
+    the settings' MQTT user."""
     period_s = 1.0 / config.rate_hz
     start_ns = time.time_ns()
     runs = []
-    for device_id in device_ids(config.devices, config.device_prefix, hostname):
+    passwords = dict(accounts) if accounts is not None else {}
+    names = ([device_id for device_id, _ in accounts] if accounts is not None
+             else device_ids(config.devices, config.device_prefix, hostname))
+    for device_id in names:
         rng = _rng(config.seed, device_id)
         feed: Feed
         if config.csv is not None:
@@ -55,7 +65,11 @@ def build_runs(config: SimConfig, settings: Settings, selector: selectors.BaseSe
         session_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         encoder = make_encoder(config.format, config.topic_prefix, device_id,
                                session_id=session_id, ticks_per_message=config.batch)
-        client = mqtt_client(settings, client_id=f"sim-{device_id}")
+        account = settings
+        if device_id in passwords:
+            account = settings.model_copy(update={
+                "mqtt_username": device_id, "mqtt_password": SecretStr(passwords[device_id])})
+        client = mqtt_client(account, client_id=f"sim-{device_id}")
         device = Device(device_id, client, selector, counters, outbox_limit=config.outbox_limit,
                         window=config.inflight, rng=rng)
         clock = TickClock(feed, period_s, config.speed, config.jitter, rng)
@@ -76,6 +90,8 @@ class FleetCollector:
                 ("simulator_messages_sent", c.sent, "messages handed to MQTT at QoS 1"),
                 ("simulator_messages_acked", c.acked, "messages the broker acknowledged"),
                 ("simulator_messages_dropped", c.dropped, "messages pushed out of full outboxes"),
+                ("simulator_messages_refused", c.refused,
+                 "messages the broker refused (PUBACK failure, e.g. not authorized)"),
                 ("simulator_reconnects", c.reconnects, "successful reconnections"),
                 ("simulator_connect_failures", c.connect_failures, "failed connection attempts"),
                 ("simulator_anomalies_injected", c.anomalies, "samples made clear anomalies")):
@@ -94,7 +110,7 @@ def progress_reporter(stream: TextIO, is_tty: bool) -> Reporter:
             stream.write(
                 f"\r{snap.elapsed_s:7.1f}s  connected {snap.connected}/{snap.devices}  "
                 f"sent {snap.sent}  acked {snap.acked}  queued {snap.queued}  "
-                f"dropped {snap.dropped}  reconnects {snap.reconnects}  "
+                f"dropped {snap.dropped}  refused {snap.refused}  reconnects {snap.reconnects}  "
                 f"{snap.acked_per_s:.0f} msg/s\x1b[K")
             stream.flush()
         else:
@@ -107,9 +123,26 @@ def run_simulator(config: SimConfig, settings: Settings, stop: threading.Event, 
                   ops_port_ready: Any = None) -> Snapshot:
     """Runs until done or `stop`; returns the final counts. `ops_port_ready`,
     if given, is called with the port of the ops endpoint once it serves."""
+    accounts = None
+    if config.credentials_file is not None:
+        try:
+            accounts = claim_devices(config.credentials_file, config.devices)
+        except CredentialsError as exc:
+            raise ConfigError(str(exc)) from exc
+    try:
+        return _run(config, settings, stop, report, hostname, ops_port_ready, accounts)
+    finally:
+        if accounts is not None and config.credentials_file is not None:
+            # Given back at exit, so replicas that come and go do not use up the file.
+            release_devices(config.credentials_file, [d for d, _ in accounts])
+
+
+def _run(config: SimConfig, settings: Settings, stop: threading.Event,
+         report: Reporter | None, hostname: str | None, ops_port_ready: Any,
+         accounts: list[tuple[str, str]] | None) -> Snapshot:
     selector = selectors.DefaultSelector()
     counters = FleetCounters()
-    runs = build_runs(config, settings, selector, counters, hostname)
+    runs = build_runs(config, settings, selector, counters, hostname, accounts)
     is_tty = report is None and sys.stderr.isatty()
     interval = 1.0 if is_tty else config.progress_interval_s
     fleet = Fleet(settings, runs, counters, selector, ticks_per_device=config.count,

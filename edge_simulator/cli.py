@@ -59,6 +59,8 @@ class SimConfig:
     drain_timeout_s: float
     progress_interval_s: float
     http_port: int | None  # None: no ops endpoint
+    # devices.csv of generated accounts: each device claims one (its id = user name).
+    credentials_file: Path | None = None
 
 
 def _positive_int(text: str) -> int:
@@ -129,6 +131,10 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         help="probability that a synthetic sensor goes silent for 2-30 ticks (default %(default)s)")
     add("--seed", type=int, default=s.simulator_seed,
         help="seed for reproducible values, offsets and jitter (default: random)")
+    add("--credentials", type=Path, default=s.simulator_credentials_file,
+        help="devices.csv of generated MQTT accounts (python -m contracts.credentials): "
+             "each device claims a free one and uses its id; --device-prefix is then "
+             "ignored (default: every device uses MQTT_USERNAME, the operator account)")
     add("--topic-prefix", default=s.simulator_topic_prefix,
         help="prepended to every topic as is, e.g. t/run1/ (default none)")
     add("--outbox-limit", type=_positive_int, default=s.simulator_outbox_limit,
@@ -175,6 +181,18 @@ def _to_config(args: argparse.Namespace) -> SimConfig:
         raise ConfigError("--drain-timeout must be >= 0")
     if any(ch in args.topic_prefix for ch in "+#\x00"):
         raise ConfigError("--topic-prefix must not contain MQTT wildcards")
+    if args.credentials is not None:
+        # The broker's ACL lets a device account write sensors/{its id}/# and nothing
+        # else; anything else would be refused message by message.
+        if args.format != "sensors":
+            raise ConfigError(
+                f"--format {args.format} publishes on a shared topic that device accounts may "
+                "not write (the device id is inside the payload, where the broker cannot "
+                "check it); use --format sensors, or no --credentials with the gateway "
+                "or operator account (MQTT_USERNAME)")
+        if args.topic_prefix:
+            raise ConfigError("--topic-prefix cannot be used with --credentials: device "
+                              "accounts may only write sensors/{device}/...")
     return SimConfig(
         devices=args.devices, device_prefix=args.device_prefix, rate_hz=args.rate,
         jitter=args.jitter, source=args.source, format=args.format, sensors=sensors, csv=csv,
@@ -184,4 +202,4 @@ def _to_config(args: argparse.Namespace) -> SimConfig:
         spike_rate=args.spike_rate, dropout_rate=args.dropout_rate, seed=args.seed,
         topic_prefix=args.topic_prefix, outbox_limit=args.outbox_limit, inflight=args.inflight,
         drain_timeout_s=args.drain_timeout, progress_interval_s=args.progress_interval,
-        http_port=None if args.no_http else args.http_port)
+        http_port=None if args.no_http else args.http_port, credentials_file=args.credentials)

@@ -38,6 +38,7 @@ class FleetCounters:
     sent: int = 0  # handed to the MQTT client (PUBLISH written or waiting to be resent)
     acked: int = 0  # PUBACK received
     dropped: int = 0  # pushed out of a full outbox
+    refused: int = 0  # PUBACK with a failure reason (e.g. 135, not authorized by the ACL)
     reconnects: int = 0
     connect_failures: int = 0
     connected: int = 0
@@ -46,7 +47,7 @@ class FleetCounters:
     @property
     def queued(self) -> int:
         """In outboxes or sent and not yet acknowledged."""
-        return self.enqueued - self.dropped - self.acked
+        return self.enqueued - self.dropped - self.acked - self.refused
 
 
 class Device:
@@ -149,6 +150,14 @@ class Device:
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int,
                     reason_code: Any, properties: Any) -> None:
         self.unacked -= 1
+        if reason_code.is_failure:
+            # The broker answered but took nothing: counting it as acked would hide
+            # an account publishing where the ACL does not let it.
+            if not self._counters.refused:
+                log.error("broker refused a publish (not authorized for this topic?)",
+                          extra={"device_id": self.device_id, "reason": str(reason_code)})
+            self._counters.refused += 1
+            return
         self._counters.acked += 1
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:

@@ -48,6 +48,7 @@ class Snapshot:
     acked: int
     queued: int
     dropped: int
+    refused: int
     reconnects: int
     connect_failures: int
     anomalies: int
@@ -84,7 +85,7 @@ class Fleet:
         rate = (c.acked - acked_then) / (now - then) if now > then else 0.0
         return Snapshot(elapsed_s=round(now - self._started, 3), devices=len(self._runs),
                         connected=c.connected, sent=c.sent, acked=c.acked, queued=c.queued,
-                        dropped=c.dropped, reconnects=c.reconnects,
+                        dropped=c.dropped, refused=c.refused, reconnects=c.reconnects,
                         connect_failures=c.connect_failures, anomalies=c.anomalies,
                         acked_per_s=round(rate, 1))
 

@@ -37,9 +37,14 @@
 #   stk_need_cmd CMD DEBPKG         0 if CMD exists; else apt-get installs
 #                                   DEBPKG when root, or explains and exits 1
 #   stk_usage SVC                   prints usage and exits 2
+#   stk_credentials [DEVICES]       creates what is missing in $STACK_SECRETS_DIR
+#                                   (service and at least DEVICES device MQTT
+#                                   accounts, TLS certificates); idempotent;
+#                                   prints what it created
+#   stk_secret NAME                 prints the password of service account NAME
 #
 # Variables set: STACK_ROOT (repo root), STACK_DIR (.stack), STACK_LOG_DIR,
-# STACK_RUN_DIR, plus the service settings below (from the environment,
+# STACK_RUN_DIR, STACK_SECRETS_DIR (.stack/secrets, generated credentials), plus the service settings below (from the environment,
 # then .env, then the defaults here). Variables already set in the
 # environment win over .env, as with docker compose.
 
@@ -52,6 +57,7 @@ STACK_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STACK_DIR="${STACK_DIR:-$STACK_ROOT/.stack}"
 STACK_LOG_DIR="$STACK_DIR/logs"
 STACK_RUN_DIR="$STACK_DIR/run"
+STACK_SECRETS_DIR="$STACK_DIR/secrets"
 mkdir -p "$STACK_LOG_DIR" "$STACK_RUN_DIR"
 
 # .env first, but keep whatever the caller exported explicitly.
@@ -78,7 +84,12 @@ fi
 : "${MONGO_EXPRESS_PORT:=8081}"
 : "${MONGO_EXPRESS_USERNAME:=admin}"
 : "${MONGO_EXPRESS_PASSWORD:=edgepipe-local}"
-export MQTT_HOST MQTT_PORT MQTT_USERNAME MQTT_PASSWORD KAFKA_BOOTSTRAP \
+# Device accounts generated at set-up (at least; `make up` adds more for SENSORS).
+: "${CREDENTIALS_DEVICES:=10}"
+# Empty: no TLS listener on the local broker (set e.g. 8883 to open one).
+: "${MQTT_TLS_PORT:=}"
+export MQTT_HOST MQTT_PORT MQTT_USERNAME MQTT_PASSWORD CREDENTIALS_DEVICES MQTT_TLS_PORT \
+  KAFKA_BOOTSTRAP \
   KAFKA_CONTROLLER_PORT KAFKA_PARTITIONS KAFKA_TOPICS KAFKA_HEAP MONGO_PORT \
   MONGO_EXPRESS_PORT MONGO_EXPRESS_USERNAME MONGO_EXPRESS_PASSWORD
 
@@ -226,3 +237,18 @@ stk_usage() {
   echo "usage: bash local_stack/$1.sh start|stop|status" >&2
   exit 2
 }
+
+# Credentials are generated here, on this machine, into the git-ignored
+# .stack/secrets/; nothing secret is committed. System Python is enough
+# (contracts/credentials.py is standard library only), so this works before
+# .venv exists.
+stk_credentials() {
+  local devices="${1:-$CREDENTIALS_DEVICES}" py=python3 hosts="localhost,127.0.0.1"
+  [[ -x "$STACK_ROOT/.venv/bin/python" ]] && py="$STACK_ROOT/.venv/bin/python"
+  case ",$hosts," in *",$MQTT_HOST,"*) ;; *) hosts="$hosts,$MQTT_HOST" ;; esac
+  ((devices < CREDENTIALS_DEVICES)) && devices="$CREDENTIALS_DEVICES"
+  (cd "$STACK_ROOT" && "$py" -m contracts.credentials init --out "$STACK_SECRETS_DIR" \
+    --devices "$devices" --tls-hosts "$hosts")
+}
+
+stk_secret() { tr -d '\n' <"$STACK_SECRETS_DIR/$1.password"; }

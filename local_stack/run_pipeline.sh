@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The edgepipe pipeline on the local services (what `make up` runs):
-# bridge, model_worker and api in the background, the simulator in the
-# foreground with SENSORS devices. Ctrl-C (or `run_pipeline.sh stop`) stops
+# bridge, model_worker and api in the background, each with its own MQTT
+# account (bridge, worker, api), the simulator in the foreground with SENSORS
+# devices, each with its own device account from .stack/secrets/devices.csv. Ctrl-C (or `run_pipeline.sh stop`) stops
 # all four with SIGTERM, so each flushes, commits and acks before exiting.
 set -euo pipefail
 # shellcheck source=local_stack/common.sh
@@ -33,11 +34,19 @@ fi
 cd "$STACK_ROOT"
 trap 'echo; stk_say pipeline "stopping (SIGTERM to every service)"; stop_all; exit 0' INT TERM
 
+# MQTT account of each service (mosquitto/acl says what each may do).
+account() { case "$1" in model_worker) echo worker ;; *) echo "$1" ;; esac; }
+
+# At least SENSORS device accounts, known to the running broker.
+bash "$STACK_ROOT/local_stack/mosquitto.sh" reload "$SENSORS" >/dev/null \
+  || { echo "pipeline: Mosquitto is not running; run 'make services' first" >&2; exit 1; }
+
 for s in "${SERVICES[@]}"; do
   if stk_pid "$s" "$s" >/dev/null; then
     stk_say "$s" "already running"
   else
-    stk_start_bg "$s" "$PY" -m "$s"
+    stk_start_bg "$s" env MQTT_USERNAME="$(account "$s")" \
+      MQTT_PASSWORD_FILE="$STACK_SECRETS_DIR/$(account "$s").password" "$PY" -m "$s"
     stk_say "$s" "started, log in $(stk_logfile "$s")"
   fi
 done
@@ -53,11 +62,12 @@ cat <<INFO
     dashboard      http://127.0.0.1:$API_PORT/
     mongo-express  http://127.0.0.1:${MONGO_EXPRESS_PORT}/  (user ${MONGO_EXPRESS_USERNAME})
     results        mosquitto_sub -h 127.0.0.1 -p ${MQTT_PORT} -u ${MQTT_USERNAME} -P '<MQTT_PASSWORD>' -t 'analytics/#' -v
+    accounts       $STACK_SECRETS_DIR/ (devices.csv: one MQTT account per device)
   Logs in $STACK_LOG_DIR/. Ctrl-C stops the pipeline; 'make down' also stops the services.
 
 INFO
 
-"$PY" -m edge_simulator --devices "$SENSORS" &
+"$PY" -m edge_simulator --devices "$SENSORS" --credentials "$STACK_SECRETS_DIR/devices.csv" &
 sim=$!
 echo "$sim" > "$(stk_pidfile edge_simulator)"
 wait "$sim" || true

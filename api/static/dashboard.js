@@ -105,7 +105,10 @@ function render() {
 function connect() {
   const status = document.getElementById("status");
   const since = new Date(Date.now() - state.windowS * 1000).toISOString();
-  const source = new EventSource("/stream?since=" + encodeURIComponent(since));
+  // With API_READ_TOKEN set, open the page as /?token=...: EventSource cannot send headers.
+  const token = new URLSearchParams(location.search).get("token");
+  const auth = token ? "&token=" + encodeURIComponent(token) : "";
+  const source = new EventSource("/stream?since=" + encodeURIComponent(since) + auth);
   source.onopen = () => { status.textContent = "live"; status.className = "status live"; };
   source.onerror = () => { status.textContent = "reconnecting…"; status.className = "status down"; };
   source.onmessage = (e) => add(JSON.parse(e.data));

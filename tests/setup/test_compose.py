@@ -8,11 +8,14 @@ from typing import Any
 import pytest
 import yaml
 
+from contracts.credentials import SERVICE_ACCOUNTS
 from contracts.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON_SERVICES = ("bridge", "model_worker", "api", "sensor")
-ONE_SHOT = ("kafka-init", "model-init")
+ONE_SHOT = ("kafka-init", "model-init", "credentials")
+# The MQTT account each Python service connects with (mosquitto/acl grants it its job).
+ACCOUNTS = {"bridge": "bridge", "model_worker": "worker", "api": "api"}
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +100,46 @@ def test_env_example_lists_every_setting(compose: dict[str, Any]) -> None:
     assert settings_names - listed == set(), "settings missing from .env.example"
     compose_vars = set(re.findall(r"\$\{([A-Z0-9_]+)", (REPO / "docker-compose.yml").read_text()))
     assert compose_vars - listed == set(), "compose variables missing from .env.example"
+
+
+def test_access_control_is_on(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    init = services["credentials"]
+    assert init["command"][:4] == ["python", "-m", "contracts.credentials", "init"]
+    assert "credentials:/secrets" in init["volumes"]
+    assert "credentials" in compose["volumes"]
+    for name, account in ACCOUNTS.items():
+        env = services[name]["environment"]
+        assert env["MQTT_USERNAME"] == account, name
+        assert env["MQTT_PASSWORD_FILE"] == f"/secrets/{account}.password", name
+        assert "credentials:/secrets:ro" in services[name]["volumes"], name
+        assert "@mongo:27017/" in env["MONGO_URL"], f"{name} must log in to MongoDB"
+    sensor = services["sensor"]
+    assert sensor["environment"]["SIMULATOR_CREDENTIALS_FILE"] == "/secrets/devices.csv"
+    # read-write: replicas claim their device accounts with files beside devices.csv
+    assert "credentials:/secrets" in sensor["volumes"]
+    mosquitto = services["mosquitto"]
+    assert "credentials:/secrets:ro" in mosquitto["volumes"]
+    assert mosquitto["depends_on"]["credentials"]["condition"] == "service_completed_successfully"
+    assert any(str(port).endswith(":8883") for port in mosquitto["ports"])
+
+
+def test_broker_config_refuses_anonymous_and_uses_the_acl() -> None:
+    conf = (REPO / "mosquitto" / "mosquitto.conf").read_text().splitlines()
+    assert "allow_anonymous false" in conf
+    assert "acl_file /mosquitto/data/acl" in conf
+    entrypoint = (REPO / "mosquitto" / "entrypoint.sh").read_text()
+    assert "/mosquitto/config/acl" in entrypoint and "mosquitto_passwd -U" in entrypoint
+    acl = [line.strip() for line in (REPO / "mosquitto" / "acl").read_text().splitlines()
+           if line.strip() and not line.startswith("#")]
+    users = {line.split()[1] for line in acl if line.startswith("user ")}
+    assert users == set(SERVICE_ACCOUNTS)
+    assert "pattern write sensors/%u/#" in acl and "pattern read analytics/%u/#" in acl
+    # no password or hash is ever committed
+    for path in (REPO / "mosquitto").iterdir():
+        assert "$7$" not in path.read_text(), path
+
+
+def test_secrets_are_git_ignored() -> None:
+    ignored = (REPO / ".gitignore").read_text().splitlines()
+    assert ".stack/" in ignored and ".env" in ignored

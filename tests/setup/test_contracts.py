@@ -1,6 +1,7 @@
 """Pure checks of the shared event schema and settings."""
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,37 @@ def test_production_refuses_shipped_passwords(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("MONGO_EXPRESS_PASSWORD", "another-real-secret")
     monkeypatch.setenv("API_INGEST_TOKEN", "a-real-token")
     assert Settings().edgepipe_env == "production"
+
+
+def test_production_refuses_shipped_read_token_and_mongo_password(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEPIPE_ENV", "production")
+    monkeypatch.setenv("MQTT_PASSWORD", "a-real-secret")
+    monkeypatch.setenv("MONGO_EXPRESS_PASSWORD", "another-real-secret")
+    monkeypatch.setenv("API_INGEST_TOKEN", "a-real-token")
+    monkeypatch.setenv("API_READ_TOKEN", "edgepipe-local")
+    with pytest.raises(ValueError, match="API_READ_TOKEN"):
+        Settings()
+    monkeypatch.setenv("API_READ_TOKEN", "")  # empty: reads open, a choice
+    monkeypatch.setenv("MONGO_URL", "mongodb://root:edgepipe-local@mongo:27017/?authSource=admin")
+    with pytest.raises(ValueError, match="MONGO_URL"):
+        Settings()
+    monkeypatch.setenv("MONGO_URL", "mongodb://root:s3cr%3At@mongo:27017/?authSource=admin")
+    assert Settings().api_read_token.get_secret_value() == ""
+
+
+def test_mqtt_password_file_overrides_the_password(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    secret = tmp_path / "bridge.password"
+    secret.write_text("generated-secret\n")
+    monkeypatch.setenv("MQTT_PASSWORD_FILE", str(secret))
+    assert Settings().mqtt_password.get_secret_value() == "generated-secret"
+    monkeypatch.setenv("MQTT_PASSWORD_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="MQTT_PASSWORD_FILE"):
+        Settings()
+    # In production the generated password is what counts, not the shipped MQTT_PASSWORD.
+    monkeypatch.setenv("MQTT_PASSWORD_FILE", str(secret))
+    monkeypatch.setenv("EDGEPIPE_ENV", "production")
+    monkeypatch.setenv("MONGO_EXPRESS_PASSWORD", "another-real-secret")
+    monkeypatch.setenv("API_INGEST_TOKEN", "a-real-token")
+    assert Settings().mqtt_username == "edgepipe"
