@@ -41,6 +41,16 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def demo_models(folder: Path) -> Path:
+    """`folder` holding the demo model as `default.json`, made by the worker's CLI
+    as a user would; returns `folder` (the worker's MODEL_PATH)."""
+    made = subprocess.run([sys.executable, "-m", "model_worker", "make-demo-model",
+                           "--out", str(folder / "default.json")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    return folder
+
+
 def service_env(settings: Settings, unique: str, **extra: str) -> dict[str, str]:
     """Environment that points a service subprocess at this test's topics,
     database, groups and MQTT topic root."""

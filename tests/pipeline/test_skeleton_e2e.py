@@ -20,6 +20,7 @@ from tests.support import (
     REPO,
     MqttCollector,
     ServiceProcess,
+    demo_models,
     free_port,
     service_env,
     wait_for,
@@ -31,11 +32,7 @@ DEVICES, TICKS = 2, 5
 @pytest.fixture
 def pipeline(services: Settings, unique: str,
              tmp_path: Path) -> Iterator[dict[str, ServiceProcess]]:
-    models = tmp_path / "models"
-    made = subprocess.run([sys.executable, "-m", "model_worker", "make-demo-model",
-                           "--out", str(models / "default.json")],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert made.returncode == 0, made.stderr
+    models = demo_models(tmp_path / "models")
     env = service_env(
         services, unique,
         MODEL_PATH=str(models),

@@ -20,7 +20,7 @@ from pymongo import MongoClient
 
 from contracts.settings import Settings
 from tests.security.conftest import Probe, as_account, devices, stack_secrets
-from tests.support import REPO, ServiceProcess, free_port, service_env, wait_for
+from tests.support import REPO, ServiceProcess, demo_models, free_port, service_env, wait_for
 
 TICKS = 5
 ACCOUNT = {"bridge": "bridge", "model_worker": "worker", "api": "api"}
@@ -38,11 +38,7 @@ def device_file(tmp_path: Path) -> tuple[Path, str, str]:
 @pytest.fixture
 def pipeline(services: Settings, unique: str,
              tmp_path: Path) -> Iterator[dict[str, ServiceProcess]]:
-    models = tmp_path / "models"
-    made = subprocess.run([sys.executable, "-m", "model_worker", "make-demo-model",
-                           "--out", str(models / "default.json")],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert made.returncode == 0, made.stderr
+    models = demo_models(tmp_path / "models")
     base = service_env(
         services, unique, MODEL_PATH=str(models),
         # The ACL is written for the real topics: no test prefix here.
