@@ -25,7 +25,7 @@ from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 
 from contracts.collections import insert_or_replace, replace_upsert
-from contracts.errors import ServiceUnavailable
+from contracts.errors import EdgepipeError, ServiceUnavailable
 from model_worker.analytics import metrics
 
 FLUSH_TIMEOUT_S = 30.0
@@ -97,8 +97,14 @@ class CheckpointWriter:
     def wait(self) -> None:
         """Block until the running checkpoint is written; re-raise its failure."""
         running, self._running = self._running, None
-        if running is not None:
+        if running is None:
+            return
+        try:
             running.result()
+        except EdgepipeError:
+            raise
+        except Exception as exc:
+            raise ServiceUnavailable(f"analytics checkpoint failed: {exc!r:.300}") from exc
 
     @property
     def busy(self) -> bool:

@@ -18,6 +18,18 @@ from model_worker.scoring import KafkaRecord, decode_records
 from model_worker.stage import ConsumedBatch
 
 READ_TIMEOUT_S = 60.0
+COMMITTED_TIMEOUT_S = 10.0
+
+
+def committed_offsets(consumer: Consumer, topic: str, partitions: list[int]) -> dict[int, int]:
+    """The offsets the consumer's group (the worker's own, which this consumer
+    reads without joining) has committed on these partitions; none: absent."""
+    try:
+        found = consumer.committed([TopicPartition(topic, p) for p in partitions],
+                                   timeout=COMMITTED_TIMEOUT_S)
+    except KafkaException as exc:
+        raise ServiceUnavailable(f"Kafka committed offsets of {topic}: {exc}") from exc
+    return {tp.partition: tp.offset for tp in found if tp.offset >= 0}
 
 
 def read_range(consumer: Consumer, topic: str, partition: int, start: int, end: int,

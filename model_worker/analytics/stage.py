@@ -33,7 +33,7 @@ from contracts.settings import Settings
 from model_worker.analytics import metrics
 from model_worker.analytics.checkpoint import Checkpoint, CheckpointWriter, Pending
 from model_worker.analytics.engine import AnalyticsEngine, Emissions, WindowPolicy
-from model_worker.analytics.replay import read_range
+from model_worker.analytics.replay import committed_offsets, read_range
 from model_worker.analytics.state import PartitionState
 from model_worker.stage import ConsumedBatch
 
@@ -62,6 +62,7 @@ class AnalyticsStage:
         # the loop's commits: a synchronous checkpoint every batch.
         self.interval_s = settings.analytics_checkpoint_interval_s if replay_consumer else 0.0
         self.score_fields = settings.worker_score_fields
+        self.topic = settings.kafka_topic_readings
         self.replay_chunk = settings.worker_batch_size
         self.mqtt_window_topic = settings.analytics_mqtt_window_topic
         self.mqtt_stats_topic = settings.analytics_mqtt_stats_topic
@@ -114,7 +115,20 @@ class AnalyticsStage:
         metrics.STATE_EVENT_IDS.set(event_ids)
 
     def assigned(self, partitions: list[int]) -> None:
+        """Load the partitions' state and re-read at once what the loop committed
+        beyond it: a sensor that went quiet before a crash must not wait for new
+        readings to get its windows. On failure the first batch re-reads instead."""
         self._load(p for p in partitions if p not in self.engine.partitions)
+        behind = sorted(self._behind & set(partitions))
+        if self.replay is None or not behind:
+            return
+        try:
+            committed = committed_offsets(self.replay, self.topic, behind)
+            self._catch_up(self.topic, committed, time.time_ns())
+        except Exception as exc:
+            log.warning("analytics re-read on assignment failed, retried on the first batch",
+                        extra={"error": str(exc)[:300]})
+            self._reset()
 
     def revoked(self, partitions: list[int]) -> None:
         """Checkpoint before letting go, so the next owner has little to re-read."""
@@ -171,7 +185,9 @@ class AnalyticsStage:
             self._fresh.discard(partition)
 
     def _catch_up(self, topic: str, first: dict[int, int], now_ns: int) -> None:
-        for partition in self._behind & first.keys():
+        """Apply the readings from each partition's applied offset up to `first`,
+        the offset the loop continues from."""
+        for partition in sorted(self._behind & first.keys()):
             start = self.engine.partitions[partition].applied_offset + 1
             if self.replay is not None and first[partition] > start:
                 log.info("analytics re-reading readings since its checkpoint", extra={
