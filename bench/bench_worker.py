@@ -42,11 +42,15 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "bench_worker.json"
 
 
-def make_readings(count: int, devices: int = 50) -> list[Reading]:
-    start = time.time_ns() - count * 10**8
+def make_readings(count: int, devices: int = 50, period_s: float = 5.0) -> list[Reading]:
+    """Round robin over `devices`, each sending one reading every `period_s` of
+    event time (the default: 2 readings per 10 s window, 0.58 windows closed per
+    reading over the three default sizes, a window-heavy stream)."""
+    step = round(period_s * 1e9 / devices)
+    start = time.time_ns() - count * step
     out = []
     for i in range(count):
-        device, ts_ns = f"bench-{i % devices}", start + i * 10**8
+        device, ts_ns = f"bench-{i % devices}", start + i * step
         out.append(Reading(make_event_id(device, "temperature", ts_ns), device, "temperature",
                            ts_ns, value=21.0 + (i % 11) * 0.2))
     return out
@@ -121,8 +125,8 @@ def analytics_covered(settings: Any, db_name: str) -> int:
                    for d in client[db_name]["analytics_state"].find({}, {"applied_offset": 1}))
 
 
-def bench_worker(model_dir: Path, events: int, timeout_s: float,
-                 analytics: bool, repo: Path = REPO) -> dict[str, Any]:
+def bench_worker(model_dir: Path, events: int, timeout_s: float, analytics: bool,
+                 repo: Path = REPO, devices: int = 50, period_s: float = 5.0) -> dict[str, Any]:
     """`repo` is the checkout whose worker runs (another one: a baseline to compare)."""
     settings = get_settings()
     tag = uuid.uuid4().hex[:8]
@@ -132,7 +136,7 @@ def bench_worker(model_dir: Path, events: int, timeout_s: float,
               "KAFKA_TOPIC_WINDOWS": f"bench.{tag}.readings.windows"}
     ensure_topics(settings, list(topics.values()))
     producer = kafka_producer(settings, **{"linger.ms": 50, "batch.num.messages": 10_000})
-    for reading in make_readings(events):
+    for reading in make_readings(events, devices, period_s):
         while True:
             try:
                 producer.produce(topics["KAFKA_TOPIC_READINGS"], reading.to_json(),
@@ -186,7 +190,8 @@ def bench_worker(model_dir: Path, events: int, timeout_s: float,
         raise SystemExit(f"worker committed {done}/{events} in {timeout_s}s:\n{stderr[-2000:]!r}")
     if analytics and covered < events:
         raise SystemExit(f"analytics state covers {covered}/{events} in {timeout_s}s")
-    return {"events": events, "committed_after_s": round(elapsed, 2),
+    return {"events": events, "devices": devices, "device_period_s": period_s,
+            "committed_after_s": round(elapsed, 2),
             "analytics_durable_after_s": round(durable, 2) if analytics else None,
             "repo": str(repo),
             "worker_events_per_s": round((done - first) / elapsed) if elapsed else None,
@@ -202,6 +207,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, help="readings per whole-worker run")
     parser.add_argument("--rounds", type=int, default=1,
                         help="alternate the whole-worker runs this many times")
+    parser.add_argument("--devices", type=int, default=50, help="devices in the stream")
+    parser.add_argument("--device-period-s", type=float, default=5.0,
+                        help="event-time seconds between one device's readings")
     parser.add_argument("--baseline", type=Path,
                         help="another checkout (e.g. a git worktree of main) whose worker "
                              "with analytics runs beside this one's, in the same rounds")
@@ -233,7 +241,9 @@ def main() -> None:
         rounds: list[dict[str, dict[str, Any]]] = []
         for _ in range(args.rounds):
             figures = {label: bench_worker(model_dir, worker_events, timeout_s=170,
-                                           analytics=analytics, repo=repo)
+                                           analytics=analytics, repo=repo,
+                                           devices=args.devices,
+                                           period_s=args.device_period_s)
                        for label, analytics, repo in variants}
             rounds.append(figures)
             for label, f in figures.items():

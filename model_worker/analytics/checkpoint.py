@@ -19,7 +19,6 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
@@ -62,13 +61,13 @@ class CheckpointWriter:
         self._executor = futures.ThreadPoolExecutor(1, thread_name_prefix="analytics-checkpoint")
         self._running: futures.Future[None] | None = None
 
-    def produce(self, window_docs: list[dict[str, Any]]) -> None:
-        """Queue windows for Kafka; the next checkpoint flushes them before its state."""
-        for doc in window_docs:
-            payload = orjson.dumps(doc)
+    def produce(self, records: list[tuple[bytes, bytes]]) -> None:
+        """Queue (key, window JSON) records for Kafka; the next checkpoint flushes
+        them before its state."""
+        for key, payload in records:
             while True:
                 try:
-                    self.producer.produce(self.topic, payload, key=doc["device_id"].encode(),
+                    self.producer.produce(self.topic, payload, key=key,
                                           on_delivery=self._on_delivery)
                     break
                 except BufferError:  # local queue full: let librdkafka drain it

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -203,11 +204,17 @@ class AnalyticsStage:
 
     def _record(self, out: Emissions) -> None:
         """Publish (MQTT), queue (Kafka) and keep for the next checkpoint (MongoDB)."""
-        window_docs = [{**w.to_document(), "closed_by": why}
-                       for w, why in zip(out.windows, out.closed_by, strict=True)]
+        window_docs = [w.to_document() for w in out.windows]
+        for doc, why in zip(window_docs, out.closed_by, strict=True):
+            doc["closed_by"] = why
         stats_docs = [state.stats_document() for state in out.stats]
-        self.writer.produce(window_docs)
-        self._publish(window_docs, stats_docs)
+        # One JSON encoding per window serves Kafka and MQTT.
+        payloads = [orjson.dumps(doc) for doc in window_docs]
+        self.writer.produce([(d["device_id"].encode(), p)
+                             for d, p in zip(window_docs, payloads, strict=True)])
+        self._publish(self.mqtt_window_topic, window_docs, payloads)
+        self._publish(self.mqtt_stats_topic, stats_docs,
+                      [orjson.dumps(doc) for doc in stats_docs])
         self.pending.windows.update((d["_id"], d) for d in window_docs)
         self.pending.stats.update((d["_id"], d) for d in stats_docs)
         self.pending.partitions |= out.partitions
@@ -239,21 +246,22 @@ class AnalyticsStage:
             self._behind.discard(partition)
             self._fresh.discard(partition)
 
-    def _publish(self, window_docs: list[dict[str, Any]],
-                 stats_docs: list[dict[str, Any]]) -> None:
+    def _publish(self, template: str, docs: list[dict[str, Any]],
+                 payloads: list[bytes]) -> None:
         """Live push for dashboards, QoS 1 retained, not waited for: the durable
         copies are in MongoDB and Kafka, and a stalled broker must not stall them."""
         if self.mqtt is None:
             return
-        for template, docs in ((self.mqtt_window_topic, window_docs),
-                               (self.mqtt_stats_topic, stats_docs)):
-            for doc in docs:
-                topic = template.format(device_id=doc["device_id"], sensor=doc["sensor"])
-                self.mqtt.publish(topic, orjson.dumps(doc), qos=1, retain=True)
+        for doc, payload in zip(docs, payloads, strict=True):
+            topic = template.format(device_id=doc["device_id"], sensor=doc["sensor"])
+            self.mqtt.publish(topic, payload, qos=1, retain=True)
 
     def _count(self, out: Emissions) -> None:
+        emitted = Counter((w.size_s, why) for w, why in zip(out.windows, out.closed_by,
+                                                             strict=True))
+        for (size_s, why), count in emitted.items():
+            metrics.WINDOWS_EMITTED.labels(size_s=str(size_s), closed_by=why).inc(count)
         for window, why in zip(out.windows, out.closed_by, strict=True):
-            metrics.WINDOWS_EMITTED.labels(size_s=str(window.size_s), closed_by=why).inc()
             if window.revision:
                 metrics.WINDOW_REVISIONS.inc()
                 log.info("window revised", extra={"window": window.id,
