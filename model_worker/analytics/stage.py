@@ -53,7 +53,6 @@ class AnalyticsStage:
                  mqtt_client: mqtt.Client | None = None, *,
                  replay_consumer: Consumer | None = None) -> None:
         self.engine = AnalyticsEngine(WindowPolicy.from_settings(settings))
-        self.producer = producer
         self.states = db[STATE_COLLECTION]
         self.writer = CheckpointWriter(db[WINDOWS_COLLECTION], db[STATS_COLLECTION],
                                        self.states, producer, settings.kafka_topic_windows)
@@ -119,15 +118,14 @@ class AnalyticsStage:
         """Load the partitions' state and re-read at once what the loop committed
         beyond it: a sensor that went quiet before a crash must not wait for new
         readings to get its windows. On failure the first batch re-reads instead."""
-        self._load(p for p in partitions if p not in self.engine.partitions)
-        behind = sorted(self._behind & set(partitions))
-        if self.replay is None or not behind:
-            return
         try:
-            committed = committed_offsets(self.replay, self.topic, behind)
-            self._catch_up(self.topic, committed, time.time_ns())
-        except Exception as exc:
-            log.warning("analytics re-read on assignment failed, retried on the first batch",
+            self._load(p for p in partitions if p not in self.engine.partitions)
+            behind = sorted(self._behind & set(partitions))
+            if self.replay is not None and behind:
+                committed = committed_offsets(self.replay, self.topic, behind)
+                self._catch_up(self.topic, committed, time.time_ns())
+        except Exception as exc:  # never out of the rebalance callback
+            log.warning("analytics load on assignment failed, retried on the first batch",
                         extra={"error": str(exc)[:300]})
             self._reset()
 
