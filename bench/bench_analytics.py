@@ -7,6 +7,13 @@ batches of WORKER_BATCH_SIZE, default window sizes):
 2. the worker's scoring step (`score_batch`, Prophet with intervals) on the
    scalar readings;
 3. the cost analytics adds to the scoring step's per-event cost (target < 20%).
+
+With `--writes` (needs the local services) it measures instead the stage with
+its writes to the real MongoDB-wire server, Kafka and MQTT, as the worker runs
+it (batches of one partition's readings), alternating a checkpoint every batch
+(ANALYTICS_CHECKPOINT_INTERVAL_S=0, the earlier per-batch writes) with the
+default checkpoints: readings/s, CPU of this process and of the MongoDB-wire
+server per reading, until the last checkpoint is written.
 """
 
 from __future__ import annotations
@@ -15,16 +22,31 @@ import argparse
 import os
 import tempfile
 import time
+import uuid
+import zlib
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from bench.bench_worker import make_readings as stream
+from bench.bench_worker import service_processes
+from contracts.clients import (
+    ensure_topics,
+    kafka_admin,
+    kafka_consumer,
+    kafka_producer,
+    mongo_client,
+    mqtt_client,
+    mqtt_connect,
+)
 from contracts.events import Reading, make_event_id
 from contracts.settings import get_settings
 from model_worker.analytics.engine import AnalyticsEngine, WindowPolicy
+from model_worker.analytics.stage import AnalyticsStage
 from model_worker.models import load_model
 from model_worker.scoring import score_batch
+from model_worker.stage import ConsumedBatch
 from model_worker.train import demo_frame, fit_prophet, save_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,10 +86,88 @@ def analytics_cost(readings: list[Reading], batch_size: int) -> float:
     return per_event_s(step, readings, batch_size)
 
 
+def partition_batches(readings: list[Reading], batch_size: int,
+                      partitions: int = 6) -> list[ConsumedBatch]:
+    """As the worker's consumer delivers them: each batch from one partition."""
+    by_partition: dict[int, list[Reading]] = {}
+    for r in readings:
+        by_partition.setdefault(zlib.crc32(r.device_id.encode()) % partitions, []).append(r)
+    batches = []
+    offsets = dict.fromkeys(by_partition, 0)
+    while any(by_partition.values()):
+        for partition, queue in by_partition.items():
+            chunk, by_partition[partition] = queue[:batch_size], queue[batch_size:]
+            if chunk:
+                start = offsets[partition]
+                offsets[partition] += len(chunk)
+                batches.append(ConsumedBatch("readings", chunk, [partition] * len(chunk),
+                                             list(range(start, start + len(chunk)))))
+    return batches
+
+
+def bench_writes(events: int, devices: int, period_s: float, rounds: int) -> dict[str, Any]:
+    base = get_settings()
+    mongo = service_processes()["mongo"]
+    readings = stream(events, devices, period_s)
+    figures: dict[str, Any] = {"events": events, "devices": devices, "device_period_s": period_s}
+    for round_no in range(rounds):
+        for label, interval in (("checkpoint every batch", 0.0),
+                                ("checkpoints", base.analytics_checkpoint_interval_s)):
+            tag = uuid.uuid4().hex[:8]
+            settings = base.model_copy(update={
+                "kafka_topic_windows": f"bench.{tag}.windows", "mongo_db": f"bench_{tag}",
+                "analytics_checkpoint_interval_s": interval,
+                "analytics_mqtt_window_topic": f"bench/{tag}/{{device_id}}/{{sensor}}/window",
+                "analytics_mqtt_stats_topic": f"bench/{tag}/{{device_id}}/{{sensor}}/stats"})
+            ensure_topics(settings, [settings.kafka_topic_windows])
+            client = mongo_client(settings)
+            mqtt = mqtt_client(settings, client_id=f"bench-{tag}")
+            mqtt.max_inflight_messages_set(1000)
+            mqtt_connect(mqtt, settings)
+            mqtt.loop_start()
+            stage = AnalyticsStage(settings, kafka_producer(settings), client[settings.mongo_db],
+                                   mqtt, replay_consumer=kafka_consumer(settings, f"b-{tag}"))
+            batches = partition_batches(readings, settings.worker_batch_size)
+            mongo_cpu = sum(mongo.cpu_times()[:2])
+            cpu, started = time.process_time(), time.perf_counter()
+            for batch in batches:
+                stage.handle(batch, time.time_ns())
+            stage.close()
+            elapsed = time.perf_counter() - started
+            cpu = time.process_time() - cpu
+            mongo_cpu = sum(mongo.cpu_times()[:2]) - mongo_cpu
+            mqtt.loop_stop()
+            mqtt.disconnect()
+            client.drop_database(settings.mongo_db)
+            client.close()
+            kafka_admin(settings).delete_topics([settings.kafka_topic_windows])
+            result = {"readings_per_s": round(events / elapsed),
+                      "process_cpu_us_per_reading": round(1e6 * cpu / events, 1),
+                      "mongo_cpu_us_per_reading": round(1e6 * mongo_cpu / events, 1)}
+            figures.setdefault(label, []).append(result)
+            print(f"round {round_no + 1}, {label}: {result['readings_per_s']:,} readings/s; "
+                  f"CPU per reading: this process {result['process_cpu_us_per_reading']} us, "
+                  f"MongoDB-wire server {result['mongo_cpu_us_per_reading']} us")
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--writes", action="store_true",
+                        help="the stage with its real writes, per batch vs checkpoints")
+    parser.add_argument("--devices", type=int, default=50)
+    parser.add_argument("--device-period-s", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    if args.writes:
+        figures = bench_writes(20_000 if args.quick else 60_000, args.devices,
+                               args.device_period_s, args.rounds)
+        out = RESULTS.with_name("bench_analytics_writes.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode())
+        print(f"figures written to {out}")
+        return
     events = 20_000 if args.quick else 200_000
     batch_size = get_settings().worker_batch_size
     scalar = make_readings(events, axes=False)

@@ -42,11 +42,15 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "bench_worker.json"
 
 
-def make_readings(count: int, devices: int = 50) -> list[Reading]:
-    start = time.time_ns() - count * 10**8
+def make_readings(count: int, devices: int = 50, period_s: float = 5.0) -> list[Reading]:
+    """Round robin over `devices`, each sending one reading every `period_s` of
+    event time (the default: 2 readings per 10 s window, 0.58 windows closed per
+    reading over the three default sizes, a window-heavy stream)."""
+    step = round(period_s * 1e9 / devices)
+    start = time.time_ns() - count * step
     out = []
     for i in range(count):
-        device, ts_ns = f"bench-{i % devices}", start + i * 10**8
+        device, ts_ns = f"bench-{i % devices}", start + i * step
         out.append(Reading(make_event_id(device, "temperature", ts_ns), device, "temperature",
                            ts_ns, value=21.0 + (i % 11) * 0.2))
     return out
@@ -91,8 +95,39 @@ def committed(settings: Any, group: str, topic: str, partitions: int) -> int:
     return sum(max(tp.offset, 0) for tp in offsets)
 
 
-def bench_worker(model_dir: Path, events: int, timeout_s: float,
-                 analytics: bool) -> dict[str, Any]:
+def service_processes() -> dict[str, psutil.Process]:
+    """The local stack's Kafka, MongoDB-wire server and Mosquitto (their CPU time
+    is part of what the worker's writes cost)."""
+    found = {}
+    for name in ("kafka", "mongo", "mosquitto"):
+        try:
+            found[name] = psutil.Process(int((REPO / ".stack" / "run" / f"{name}.pid").read_text()))
+        except (OSError, ValueError, psutil.Error):
+            continue
+    return found
+
+
+def cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
+    out = {}
+    for name, process in processes.items():
+        try:
+            times = process.cpu_times()
+            out[name] = times.user + times.system
+        except psutil.Error:
+            out[name] = 0.0
+    return out
+
+
+def analytics_covered(settings: Any, db_name: str) -> int:
+    """Readings the analytics state documents say are applied and durable."""
+    with mongo_client(settings) as client:
+        return sum(int(d["applied_offset"]) + 1
+                   for d in client[db_name]["analytics_state"].find({}, {"applied_offset": 1}))
+
+
+def bench_worker(model_dir: Path, events: int, timeout_s: float, analytics: bool,
+                 repo: Path = REPO, devices: int = 50, period_s: float = 5.0) -> dict[str, Any]:
+    """`repo` is the checkout whose worker runs (another one: a baseline to compare)."""
     settings = get_settings()
     tag = uuid.uuid4().hex[:8]
     topics = {"KAFKA_TOPIC_READINGS": f"bench.{tag}.readings",
@@ -101,7 +136,7 @@ def bench_worker(model_dir: Path, events: int, timeout_s: float,
               "KAFKA_TOPIC_WINDOWS": f"bench.{tag}.readings.windows"}
     ensure_topics(settings, list(topics.values()))
     producer = kafka_producer(settings, **{"linger.ms": 50, "batch.num.messages": 10_000})
-    for reading in make_readings(events):
+    for reading in make_readings(events, devices, period_s):
         while True:
             try:
                 producer.produce(topics["KAFKA_TOPIC_READINGS"], reading.to_json(),
@@ -117,21 +152,34 @@ def bench_worker(model_dir: Path, events: int, timeout_s: float,
            "ANALYTICS_ENABLED": str(analytics).lower(),
            "ANALYTICS_MQTT_WINDOW_TOPIC": f"bench/{tag}/analytics/{{device_id}}/{{sensor}}/window",
            "ANALYTICS_MQTT_STATS_TOPIC": f"bench/{tag}/analytics/{{device_id}}/{{sensor}}/stats"}
-    proc = subprocess.Popen([sys.executable, "-m", "model_worker"], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "model_worker"], cwd=repo, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak_rss = 0
     started = time.monotonic()
     done = first = 0
     first_at = started
+    # CPU seconds of the worker and of the services over the timed span: on a
+    # shared machine a steadier measure of per-event cost than the wall clock.
+    processes = {"worker": psutil.Process(proc.pid), **service_processes()}
+    cpu_first = cpu_seconds(processes)
     try:
         while time.monotonic() - started < timeout_s and done < events:
-            peak_rss = max(peak_rss, psutil.Process(proc.pid).memory_info().rss)
+            peak_rss = max(peak_rss, processes["worker"].memory_info().rss)
             done = committed(settings, group, topics["KAFKA_TOPIC_READINGS"],
                              settings.kafka_partitions)
             if done and not first:  # start the clock at the first commit: excludes imports
                 first, first_at = done, time.monotonic()
+                cpu_first = cpu_seconds(processes)
             time.sleep(0.25)
         elapsed = time.monotonic() - first_at
+        # Analytics checkpoints lag the loop's commits by up to the checkpoint
+        # interval: also time until its state says every reading is durable.
+        covered = 0
+        while analytics and covered < events and time.monotonic() - started < timeout_s:
+            covered = analytics_covered(settings, f"bench_{tag}")
+            time.sleep(0.1)
+        durable = time.monotonic() - first_at
+        cpu_used = {k: v - cpu_first[k] for k, v in cpu_seconds(processes).items()}
     finally:
         proc.terminate()
         _, stderr = proc.communicate(timeout=30)
@@ -140,44 +188,97 @@ def bench_worker(model_dir: Path, events: int, timeout_s: float,
             client.drop_database(f"bench_{tag}")
     if done < events:
         raise SystemExit(f"worker committed {done}/{events} in {timeout_s}s:\n{stderr[-2000:]!r}")
-    return {"events": events, "committed_after_s": round(elapsed, 2),
+    if analytics and covered < events:
+        raise SystemExit(f"analytics state covers {covered}/{events} in {timeout_s}s")
+    return {"events": events, "devices": devices, "device_period_s": period_s,
+            "committed_after_s": round(elapsed, 2),
+            "analytics_durable_after_s": round(durable, 2) if analytics else None,
+            # Until analytics has checkpointed everything too (scoring only: = the commits).
+            "durable_events_per_s": round((done - first) / durable) if durable else None,
+            "repo": str(repo),
             "worker_events_per_s": round((done - first) / elapsed) if elapsed else None,
-            "worker_peak_rss_mb": round(peak_rss / 2**20, 1)}
+            "worker_peak_rss_mb": round(peak_rss / 2**20, 1),
+            "cpu_us_per_event": {k: round(1e6 * v / (done - first), 1)
+                                 for k, v in cpu_used.items()}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--worker-only", action="store_true", help="skip the scoring step")
+    parser.add_argument("--events", type=int, help="readings per whole-worker run")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alternate the whole-worker runs this many times")
+    parser.add_argument("--devices", type=int, default=50, help="devices in the stream")
+    parser.add_argument("--device-period-s", type=float, default=5.0,
+                        help="event-time seconds between one device's readings")
+    parser.add_argument("--baseline", type=Path,
+                        help="another checkout (e.g. a git worktree of main) whose worker "
+                             "with analytics runs beside this one's, in the same rounds")
     args = parser.parse_args()
     scoring_events, sample, worker_events = (20_000, 30, 20_000) if args.quick else (
         200_000, 200, 100_000)
+    worker_events = args.events or worker_events
+    scoring = None
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp)
         model, _ = fit_prophet(demo_frame())
         save_model(model, model_dir / "default.json", "json")
-        scoring = bench_scoring(model_dir / "default.json", scoring_events, sample,
-                                get_settings().worker_batch_size)
-        print(f"scoring step, Prophet with intervals: {scoring['scoring_events_per_s']:,} "
-              f"events/s (batches of {scoring['batch_size']})")
-        print(f"seed way, one predict per event: {scoring['per_event_ms']} ms/event = "
-              f"{scoring['per_event_events_per_s']} events/s (timed on "
-              f"{scoring['per_event_sample']} events, extrapolated)")
-        print(f"ratio: {scoring['ratio']:,}x")
-        # Scoring only, then scoring plus windows and running statistics, in the same run:
-        # the difference is what stream analytics adds to the worker's per-event cost.
-        bare = bench_worker(model_dir, worker_events, timeout_s=170, analytics=False)
-        worker = bench_worker(model_dir, worker_events, timeout_s=170, analytics=True)
-        for label, figures in (("scoring only", bare), ("with analytics", worker)):
-            print(f"whole worker {label} (consume, score, Kafka+MongoDB+MQTT, commit): "
-                  f"{figures['worker_events_per_s']:,} events/s over {figures['events']:,} "
-                  f"events; peak RSS {figures['worker_peak_rss_mb']} MB")
-        added = bare["worker_events_per_s"] / worker["worker_events_per_s"] - 1
-        worker["analytics_added_cost_pct"] = round(100 * added, 1)
-        print(f"windows and statistics add {added:.1%} to the worker's per-event cost")
+        if not args.worker_only:
+            scoring = bench_scoring(model_dir / "default.json", scoring_events, sample,
+                                    get_settings().worker_batch_size)
+            print(f"scoring step, Prophet with intervals: {scoring['scoring_events_per_s']:,} "
+                  f"events/s (batches of {scoring['batch_size']})")
+            print(f"seed way, one predict per event: {scoring['per_event_ms']} ms/event = "
+                  f"{scoring['per_event_events_per_s']} events/s (timed on "
+                  f"{scoring['per_event_sample']} events, extrapolated)")
+            print(f"ratio: {scoring['ratio']:,}x")
+        # Scoring only, then scoring plus windows and running statistics, in the same run
+        # (and alternated over rounds): the difference is what stream analytics adds to
+        # the worker's per-event cost.
+        variants: list[tuple[str, bool, Path]] = [("scoring only", False, REPO)]
+        if args.baseline:
+            variants.append(("with analytics, baseline", True, args.baseline.resolve()))
+        variants.append(("with analytics", True, REPO))
+        rounds: list[dict[str, dict[str, Any]]] = []
+        for _ in range(args.rounds):
+            figures = {label: bench_worker(model_dir, worker_events, timeout_s=170,
+                                           analytics=analytics, repo=repo,
+                                           devices=args.devices,
+                                           period_s=args.device_period_s)
+                       for label, analytics, repo in variants}
+            rounds.append(figures)
+            for label, f in figures.items():
+                durable = (f" (analytics durable after {f['analytics_durable_after_s']} s)"
+                           if f["analytics_durable_after_s"] else "")
+                print(f"whole worker {label}: {f['worker_events_per_s']:,} events/s over "
+                      f"{f['events']:,} events, committed after {f['committed_after_s']} s"
+                      f"{durable}; peak RSS {f['worker_peak_rss_mb']} MB")
+                print(f"  CPU us/event: {f['cpu_us_per_event']}")
+            bare = figures["scoring only"]
+            for label, f in figures.items():
+                if label == "scoring only":
+                    continue
+                added = bare["worker_events_per_s"] / f["worker_events_per_s"] - 1
+                f["analytics_added_cost_pct"] = round(100 * added, 1)
+                durable = bare["worker_events_per_s"] / f["durable_events_per_s"] - 1
+                f["analytics_added_cost_durable_pct"] = round(100 * durable, 1)
+                cpu = {k: round(100 * (v / bare["cpu_us_per_event"][k] - 1), 1)
+                       for k, v in f["cpu_us_per_event"].items()}
+                f["analytics_added_cpu_pct"] = cpu
+                total = sum(f["cpu_us_per_event"].values())
+                f["analytics_added_cpu_all_pct"] = round(
+                    100 * (total / sum(bare["cpu_us_per_event"].values()) - 1), 1)
+                print(f"  {label}: windows and statistics add {added:.1%} to the worker's "
+                      f"per-event time ({durable:.1%} until analytics is durable); CPU per "
+                      f"event: worker +{cpu['worker']}%, worker and services "
+                      f"+{f['analytics_added_cpu_all_pct']}%")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(orjson.dumps({"scoring": scoring, "worker": worker,
-                                     "worker_scoring_only": bare,
-                                     "quick": args.quick, "cpus": os.cpu_count()},
+    last = rounds[-1]
+    RESULTS.write_text(orjson.dumps({"scoring": scoring, "worker": last["with analytics"],
+                                     "worker_scoring_only": last["scoring only"],
+                                     "rounds": rounds, "quick": args.quick,
+                                     "cpus": os.cpu_count()},
                                     option=orjson.OPT_INDENT_2).decode())
     print(f"figures written to {RESULTS}")
 

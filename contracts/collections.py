@@ -85,3 +85,22 @@ def replace_upsert(collection: Collection[dict[str, Any]], docs: list[dict[str, 
     for start in range(0, len(docs), UPSERT_CHUNK):
         collection.bulk_write([ReplaceOne({"_id": d["_id"]}, d, upsert=True)
                                for d in docs[start:start + UPSERT_CHUNK]], ordered=False)
+
+
+def insert_or_replace(collection: Collection[dict[str, Any]], docs: list[dict[str, Any]]) -> int:
+    """Insert the documents in one batch; those whose `_id` exists already are
+    replaced (a replay may bring newer content under an existing id). The
+    common case, all new, costs one insert command. Returns how many were replaced."""
+    if not docs:
+        return 0
+    try:
+        collection.insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if exc.details.get("writeConcernErrors") or any(
+                e.get("code") != DUPLICATE_KEY for e in errors):
+            raise
+        existing = [docs[e["index"]] for e in errors]
+        replace_upsert(collection, existing)
+        return len(existing)
+    return 0

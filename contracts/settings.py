@@ -116,6 +116,10 @@ class Settings(BaseSettings):
     analytics_idle_timeout_s: float = Field(30.0, gt=0)
     analytics_mqtt_window_topic: str = "analytics/{device_id}/{sensor}/window"
     analytics_mqtt_stats_topic: str = "analytics/{device_id}/{sensor}/stats"
+    # Seconds between analytics checkpoints (windows and statistics to MongoDB, the
+    # windows topic flushed, then the state with its offsets); after a crash the readings
+    # since the last one are read again from Kafka. 0: a synchronous checkpoint every batch.
+    analytics_checkpoint_interval_s: float = Field(2.0, ge=0)
 
     # --- edge simulator ---
     simulator_http_port: int = Field(8103, ge=0, le=65535)

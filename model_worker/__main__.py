@@ -72,10 +72,14 @@ def run(settings: Settings) -> None:
                      score_fields=settings.worker_score_fields),
     ]
     if settings.analytics_enabled:
-        # Analytics saves its own state (with the applied offsets) inside `handle`,
-        # before the scoring transaction commits; its window records must not ride
-        # in that transaction, or an abort would drop windows its state says were sent.
-        stages.append(AnalyticsStage(settings, kafka_producer(settings), db, mqtt))
+        # Analytics checkpoints its own state (with the applied offsets) and re-reads
+        # what came after it on a restart (the replay consumer reads the group's committed
+        # offsets and assigned partitions, never joining the group); its
+        # window records must not ride in the loop's transaction, or an abort would
+        # drop windows its state says were sent.
+        stages.append(AnalyticsStage(
+            settings, kafka_producer(settings), db, mqtt,
+            replay_consumer=kafka_consumer(settings, settings.worker_group)))
     loop = WorkerLoop(consumer, producer, stages, db, topic=settings.kafka_topic_readings,
                       dlq_topic=settings.kafka_topic_dlq,
                       batch_size=settings.worker_batch_size,

@@ -21,5 +21,10 @@ STATE_WINDOWS = Gauge("worker_analytics_state_windows", "Open or revisable windo
 STATE_EVENT_IDS = Gauge("worker_analytics_state_event_ids",
                         "Event-id hashes held for duplicate detection")
 WRITE_SECONDS = Histogram("worker_analytics_write_seconds",
-                          "Analytics writes per batch (windows, stats, state)",
+                          "Analytics checkpoint writes (windows, stats, Kafka flush, state)",
                           buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0))
+CHECKPOINTS = Counter("worker_analytics_checkpoints_total",
+                      "Checkpoints written (outputs since the previous one, then the state)")
+CAUGHT_UP = Counter("worker_analytics_caught_up_total",
+                    "Readings read again from Kafka after a restart, between the last "
+                    "checkpoint and the offsets the loop had committed")

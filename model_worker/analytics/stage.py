@@ -1,32 +1,40 @@
 """`AnalyticsStage`: the worker-loop stage that runs the pure analytics engine
 on each batch and writes what it produced.
 
-Exactness rests on one write: after the window and statistics outputs are
-durable (MongoDB upserts by `_id`, Kafka flushed), the partition's state
-document - holding the last applied offset - is replaced whole. A crash before
-it replays the batch and rewrites the same outputs; a crash after it skips the
-batch by offset. The producer must therefore NOT be the loop's transactional
-one: a window must reach Kafka before the state that says it was emitted.
+Per batch, the closed windows and the changed statistics go out on MQTT (live)
+and the windows are queued for Kafka; every ANALYTICS_CHECKPOINT_INTERVAL_S a
+checkpoint writes the windows and statistics since the last one to MongoDB,
+flushes Kafka, and only then replaces each changed partition's state document
+- holding its last applied offset (`checkpoint.py`). A crash loses at most what
+came after the last checkpoint: on start the state is loaded, readings at
+offsets up to it are skipped, and the readings between it and the first offset
+the loop delivers (committed by the loop meanwhile) are read again from Kafka
+(`replay.py`), so windows and statistics come out as if nothing had happened.
+The producer must NOT be the loop's transactional one: a window must reach
+Kafka before the state that says it was emitted, whatever the loop's
+transaction does.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, Producer
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from contracts.collections import insert_idempotent, replace_upsert
 from contracts.errors import EdgepipeError, ServiceUnavailable
 from contracts.settings import Settings
 from model_worker.analytics import metrics
+from model_worker.analytics.checkpoint import Checkpoint, CheckpointWriter, Pending
 from model_worker.analytics.engine import AnalyticsEngine, Emissions, WindowPolicy
+from model_worker.analytics.replay import committed_offsets, read_range
 from model_worker.analytics.state import PartitionState
 from model_worker.stage import ConsumedBatch
 
@@ -35,7 +43,6 @@ log = logging.getLogger(__name__)
 WINDOWS_COLLECTION = "windows"
 STATS_COLLECTION = "stats"
 STATE_COLLECTION = "analytics_state"
-FLUSH_TIMEOUT_S = 30.0
 LATE_LOG_EVERY_S = 10.0
 
 
@@ -43,17 +50,27 @@ class AnalyticsStage:
     name = "analytics"
 
     def __init__(self, settings: Settings, producer: Producer, db: Database[dict[str, Any]],
-                 mqtt_client: mqtt.Client | None = None) -> None:
+                 mqtt_client: mqtt.Client | None = None, *,
+                 replay_consumer: Consumer | None = None) -> None:
         self.engine = AnalyticsEngine(WindowPolicy.from_settings(settings))
-        self.producer = producer
-        self.windows = db[WINDOWS_COLLECTION]
-        self.stats = db[STATS_COLLECTION]
         self.states = db[STATE_COLLECTION]
+        self.writer = CheckpointWriter(db[WINDOWS_COLLECTION], db[STATS_COLLECTION],
+                                       self.states, producer, settings.kafka_topic_windows)
         self.mqtt = mqtt_client
-        self.windows_topic = settings.kafka_topic_windows
+        self.replay = replay_consumer
+        # Without a consumer to re-read Kafka, the state must never fall behind
+        # the loop's commits: a synchronous checkpoint every batch.
+        self.interval_s = settings.analytics_checkpoint_interval_s if replay_consumer else 0.0
+        self.score_fields = settings.worker_score_fields
+        self.topic = settings.kafka_topic_readings
+        self.replay_chunk = settings.worker_batch_size
         self.mqtt_window_topic = settings.analytics_mqtt_window_topic
         self.mqtt_stats_topic = settings.analytics_mqtt_stats_topic
         self.state_prefix = f"{settings.worker_group}|{settings.kafka_topic_readings}"
+        self.pending = Pending()
+        self._behind: set[int] = set()  # loaded from a checkpoint: may lag the loop's commits
+        self._fresh: set[int] = set()  # no checkpoint yet: starts where the loop starts
+        self._checkpointed_at = time.monotonic()
         self._late_unlogged = 0
         self._late_logged_at = 0.0
 
@@ -61,43 +78,79 @@ class AnalyticsStage:
         return f"{self.state_prefix}|{partition}"
 
     def handle(self, batch: ConsumedBatch, now_ns: int) -> None:
-        touched = set(batch.partitions)
         try:
-            self._load(p for p in touched if p not in self.engine.partitions)
+            self.writer.check()
+            self._load(p for p in set(batch.partitions) if p not in self.engine.partitions)
+            first = _first_offsets(batch)
+            self._start_fresh(first)
+            self._catch_up(batch.topic, first, now_ns)
             out = self.engine.apply(batch.readings, batch.partitions, batch.offsets, now_ns)
-            self._write(out)
+            self._record(out)
+            if self._due():
+                self._checkpoint(wait=self.interval_s == 0)
         except Exception as exc:
-            # Memory may be ahead of what was saved: reload from the state
-            # documents when the batch comes again.
-            self._forget(touched)
+            # Memory may be ahead of what was saved: start again from the last
+            # checkpoint when the batch comes again, as after a crash.
+            self._reset()
             if isinstance(exc, EdgepipeError):
                 raise
             raise ServiceUnavailable(f"analytics batch not written: {exc}") from exc
         self._count(out)
 
     def tick(self, now_ns: int) -> None:
-        out = self.engine.idle_close(now_ns)
-        if out.windows:
-            try:
-                self._write(out)
-            except Exception as exc:  # the idle windows are emitted again after a reload
-                self._forget(out.partitions)
-                log.error("idle windows not written", extra={"error": str(exc)[:300]})
-                return
-            self._count(out)
+        try:
+            self.writer.check()
+            out = self.engine.idle_close(now_ns)
+            if out.windows:
+                self._record(out)
+                self._count(out)
+            if self._due():
+                self._checkpoint(wait=self.interval_s == 0)
+        except Exception as exc:  # the same windows come again from the last checkpoint
+            self._reset()
+            log.error("analytics checkpoint failed", extra={"error": str(exc)[:300]})
         series, windows, event_ids = self.engine.state_size()
         metrics.STATE_SERIES.set(series)
         metrics.STATE_WINDOWS.set(windows)
         metrics.STATE_EVENT_IDS.set(event_ids)
 
     def assigned(self, partitions: list[int]) -> None:
-        self._load(partitions)
+        """Load the partitions' state and re-read at once what the loop committed
+        beyond it: a sensor that went quiet before a crash must not wait for new
+        readings to get its windows. On failure the first batch re-reads instead."""
+        try:
+            self._load(p for p in partitions if p not in self.engine.partitions)
+            behind = sorted(self._behind & set(partitions))
+            if self.replay is not None and behind:
+                committed = committed_offsets(self.replay, self.topic, behind)
+                self._catch_up(self.topic, committed, time.time_ns())
+        except Exception as exc:  # never out of the rebalance callback
+            log.warning("analytics load on assignment failed, retried on the first batch",
+                        extra={"error": str(exc)[:300]})
+            self._reset()
 
     def revoked(self, partitions: list[int]) -> None:
-        self._forget(partitions)  # saved after every batch: nothing to flush
+        """Checkpoint before letting go, so the next owner has little to re-read."""
+        try:
+            self.flush()
+        except Exception as exc:
+            self._reset()
+            log.error("analytics checkpoint on revoke failed", extra={"error": str(exc)[:300]})
+        self._forget(partitions)
+
+    def flush(self) -> None:
+        """A synchronous checkpoint of everything applied so far."""
+        if self.pending:
+            self._checkpoint(wait=True)
+        else:
+            self.writer.wait()
 
     def close(self) -> None:
-        self.producer.flush(FLUSH_TIMEOUT_S)
+        try:
+            self.flush()
+        except Exception as exc:
+            log.error("analytics checkpoint on close failed", extra={"error": str(exc)[:300]})
+        self.writer.close()
 
     def _load(self, partitions: Iterable[int]) -> None:
         now_ns = time.time_ns()
@@ -106,83 +159,107 @@ class AnalyticsStage:
                 doc = self.states.find_one({"_id": self.state_id(partition)})
             except PyMongoError as exc:
                 raise ServiceUnavailable(f"cannot load analytics state: {exc}") from exc
-            state = (PartitionState(partition) if doc is None
-                     else PartitionState.from_document(doc, now_ns))
+            if doc is None:
+                state = PartitionState(partition)
+                self._fresh.add(partition)
+            else:
+                state = PartitionState.from_document(doc, now_ns)
+                self._behind.add(partition)
             self.engine.partitions[partition] = state
             log.info("analytics state loaded", extra={
                 "partition": partition, "applied_offset": state.applied_offset,
                 "series": len(state.series)})
 
+    def _start_fresh(self, first: dict[int, int]) -> None:
+        """A partition without a checkpoint starts at the loop's first offset:
+        saved at once, so a crash before the first checkpoint re-reads from there."""
+        for partition in self._fresh & first.keys():
+            state = self.engine.partitions[partition]
+            state.applied_offset = max(state.applied_offset, first[partition] - 1)
+            doc = state.to_document(self.state_id(partition))
+            try:
+                self.states.replace_one({"_id": doc["_id"]}, doc, upsert=True)
+            except PyMongoError as exc:
+                raise ServiceUnavailable(f"MongoDB analytics state write: {exc}") from exc
+            self._fresh.discard(partition)
+
+    def _catch_up(self, topic: str, first: dict[int, int], now_ns: int) -> None:
+        """Apply the readings from each partition's applied offset up to `first`,
+        the offset the loop continues from."""
+        for partition in sorted(self._behind & first.keys()):
+            start = self.engine.partitions[partition].applied_offset + 1
+            if self.replay is not None and first[partition] > start:
+                log.info("analytics re-reading readings since its checkpoint", extra={
+                    "partition": partition, "from_offset": start, "to_offset": first[partition]})
+                for chunk in read_range(self.replay, topic, partition, start, first[partition],
+                                        self.score_fields, self.replay_chunk):
+                    out = self.engine.apply(chunk.readings, chunk.partitions, chunk.offsets,
+                                            now_ns)
+                    self._record(out)
+                    self._count(out)
+                    metrics.CAUGHT_UP.inc(len(chunk))
+            self._behind.discard(partition)
+
+    def _record(self, out: Emissions) -> None:
+        """Publish (MQTT), queue (Kafka) and keep for the next checkpoint (MongoDB)."""
+        window_docs = [w.to_document() for w in out.windows]
+        for doc, why in zip(window_docs, out.closed_by, strict=True):
+            doc["closed_by"] = why
+        stats_docs = [state.stats_document() for state in out.stats]
+        # One JSON encoding per window serves Kafka and MQTT.
+        payloads = [orjson.dumps(doc) for doc in window_docs]
+        self.writer.produce([(d["device_id"].encode(), p)
+                             for d, p in zip(window_docs, payloads, strict=True)])
+        self._publish(self.mqtt_window_topic, window_docs, payloads)
+        self._publish(self.mqtt_stats_topic, stats_docs,
+                      [orjson.dumps(doc) for doc in stats_docs])
+        self.pending.windows.update((d["_id"], d) for d in window_docs)
+        self.pending.stats.update((d["_id"], d) for d in stats_docs)
+        self.pending.partitions |= out.partitions
+
+    def _due(self) -> bool:
+        return bool(self.pending) and (
+            time.monotonic() - self._checkpointed_at >= self.interval_s)
+
+    def _checkpoint(self, *, wait: bool) -> None:
+        pending, self.pending = self.pending, Pending()
+        states = [self.engine.partitions[p].to_document(self.state_id(p))
+                  for p in sorted(pending.partitions) if p in self.engine.partitions]
+        self._checkpointed_at = time.monotonic()
+        self.writer.submit(Checkpoint(list(pending.windows.values()),
+                                      list(pending.stats.values()), states), wait=wait)
+
+    def _reset(self) -> None:
+        """Forget everything not checkpointed; it is recomputed from the last checkpoint."""
+        try:
+            self.writer.wait()
+        except Exception as exc:
+            log.warning("analytics checkpoint failed", extra={"error": str(exc)[:300]})
+        self.pending = Pending()
+        self._forget(list(self.engine.partitions))
+
     def _forget(self, partitions: Iterable[int]) -> None:
         for partition in partitions:
             self.engine.partitions.pop(partition, None)
+            self._behind.discard(partition)
+            self._fresh.discard(partition)
 
-    def _write(self, out: Emissions) -> None:
-        started = time.perf_counter()
-        window_docs = [{**w.to_document(), "closed_by": why}
-                       for w, why in zip(out.windows, out.closed_by, strict=True)]
-        stats_docs = [state.stats_document() for state in out.stats]
-        # A first emission is an insert (a replay rewrites the same content, so a
-        # duplicate key is success); only revisions replace. Upserts cost FerretDB
-        # a round of work per document, inserts go in one batch.
-        first = [d for d in window_docs if d["revision"] == 0]
-        revised = [d for d in window_docs if d["revision"] != 0]
-        try:
-            insert_idempotent(self.windows, first)
-            replace_upsert(self.windows, revised)
-            replace_upsert(self.stats, stats_docs)
-        except PyMongoError as exc:
-            raise ServiceUnavailable(f"MongoDB analytics write: {exc}") from exc
-        self._produce(window_docs)
-        self._publish(window_docs, stats_docs)
-        try:
-            for partition in out.partitions:
-                doc = self.engine.partitions[partition].to_document(self.state_id(partition))
-                self.states.replace_one({"_id": doc["_id"]}, doc, upsert=True)
-        except PyMongoError as exc:
-            raise ServiceUnavailable(f"MongoDB analytics state write: {exc}") from exc
-        metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
-
-    def _produce(self, window_docs: list[dict[str, Any]]) -> None:
-        if not window_docs:
-            return
-        failures: list[KafkaError] = []
-
-        def on_delivery(error: KafkaError | None, message: Message) -> None:
-            if error is not None:
-                failures.append(error)
-
-        for doc in window_docs:
-            payload = orjson.dumps(doc)
-            while True:
-                try:
-                    self.producer.produce(self.windows_topic, payload,
-                                          key=doc["device_id"].encode(), on_delivery=on_delivery)
-                    break
-                except BufferError:  # local queue full: let librdkafka drain it
-                    self.producer.poll(0.05)
-                except KafkaException as exc:
-                    raise ServiceUnavailable(f"Kafka produce {self.windows_topic}: {exc}") from exc
-        pending = self.producer.flush(FLUSH_TIMEOUT_S)
-        if pending or failures:
-            raise ServiceUnavailable(f"Kafka {self.windows_topic}: {pending} windows undelivered"
-                                     f", errors {[str(f) for f in failures[:3]]}")
-
-    def _publish(self, window_docs: list[dict[str, Any]],
-                 stats_docs: list[dict[str, Any]]) -> None:
+    def _publish(self, template: str, docs: list[dict[str, Any]],
+                 payloads: list[bytes]) -> None:
         """Live push for dashboards, QoS 1 retained, not waited for: the durable
         copies are in MongoDB and Kafka, and a stalled broker must not stall them."""
         if self.mqtt is None:
             return
-        for template, docs in ((self.mqtt_window_topic, window_docs),
-                               (self.mqtt_stats_topic, stats_docs)):
-            for doc in docs:
-                topic = template.format(device_id=doc["device_id"], sensor=doc["sensor"])
-                self.mqtt.publish(topic, orjson.dumps(doc), qos=1, retain=True)
+        for doc, payload in zip(docs, payloads, strict=True):
+            topic = template.format(device_id=doc["device_id"], sensor=doc["sensor"])
+            self.mqtt.publish(topic, payload, qos=1, retain=True)
 
     def _count(self, out: Emissions) -> None:
+        emitted = Counter((w.size_s, why) for w, why in zip(out.windows, out.closed_by,
+                                                             strict=True))
+        for (size_s, why), count in emitted.items():
+            metrics.WINDOWS_EMITTED.labels(size_s=str(size_s), closed_by=why).inc(count)
         for window, why in zip(out.windows, out.closed_by, strict=True):
-            metrics.WINDOWS_EMITTED.labels(size_s=str(window.size_s), closed_by=why).inc()
             if window.revision:
                 metrics.WINDOW_REVISIONS.inc()
                 log.info("window revised", extra={"window": window.id,
@@ -205,3 +282,11 @@ class AnalyticsStage:
                     "count": self._late_unlogged, "example_event_id": example.event_id,
                     "example_device": example.device_id, "example_sensor": example.sensor})
                 self._late_unlogged, self._late_logged_at = 0, now
+
+
+def _first_offsets(batch: ConsumedBatch) -> dict[int, int]:
+    first: dict[int, int] = {}
+    for partition, offset in zip(batch.partitions, batch.offsets, strict=True):
+        if offset < first.get(partition, offset + 1):
+            first[partition] = offset
+    return first

@@ -197,7 +197,7 @@ def test_killed_stage_and_replayed_readings_change_nothing(
     for batch in parts[:5]:
         first.handle(batch, now_ns=0)  # the loop committed these
     first.handle(parts[5], now_ns=0)  # handled, but killed before the loop committed
-    first.states = StateWriteDies(first.states)  # type: ignore[assignment]
+    first.writer.states = StateWriteDies(first.writer.states)  # type: ignore[assignment]
     with pytest.raises(ServiceUnavailable) as failed:
         first.handle(parts[6], now_ns=0)
     assert isinstance(failed.value.__cause__, KilledBeforeStateWrite)
