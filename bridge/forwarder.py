@@ -130,6 +130,12 @@ class Forwarder:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        # With bridge.mqtt_fast's client: PUBLISH packets skip paho's message
+        # objects, and the PUBACKs one poll completes go out as one write.
+        if hasattr(client, "on_publish_received"):
+            client.on_publish_received = self._forward
+        self._ack_many = getattr(client, "ack_many", None)
+        self._acks: list[int] = []  # kafka-poll thread only
 
     # --- MQTT side (paho's network thread) ---
 
@@ -254,8 +260,16 @@ class Forwarder:
         pending.remaining -= 1
         if pending.remaining == 0:
             metrics.KAFKA_ACK_LATENCY.observe((time.time_ns() - pending.received_ns) / 1e9)
-            self.client.ack(pending.mid, pending.qos)
+            if self._ack_many is None:
+                self.client.ack(pending.mid, pending.qos)
+            elif pending.qos == 1:
+                self._acks.append(pending.mid)
             self.finished += 1
+
+    def _send_acks(self) -> None:
+        if self._acks and self._ack_many is not None:
+            acks, self._acks = self._acks, []
+            self._ack_many(acks)
 
     @property
     def in_flight(self) -> int:
@@ -268,6 +282,7 @@ class Forwarder:
     def _kafka_loop(self) -> None:
         while not self.stopping.is_set():
             self.producer.poll(0.05)
+            self._send_acks()
             self._produce_due_retries()
             self.kafka_health.probe_if_down(self.producer)
             self._fold_metrics()
@@ -329,8 +344,10 @@ class Forwarder:
         deadline = time.monotonic() + self.settings.bridge_shutdown_timeout_s
         while (self.in_flight > 0 or self._retries) and time.monotonic() < deadline:
             self.producer.poll(0.1)
+            self._send_acks()
             self._produce_due_retries()
         left = self.producer.flush(max(0.0, deadline - time.monotonic()))
+        self._send_acks()
         self._fold_metrics()
         self.client.disconnect()
         self.client.loop_stop()
