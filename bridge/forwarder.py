@@ -348,6 +348,9 @@ class Forwarder:
             self._produce_due_retries()
         left = self.producer.flush(max(0.0, deadline - time.monotonic()))
         self._send_acks()
+        sync = getattr(self.client, "sync", None)
+        if sync is not None and self.mqtt_connected:
+            sync(max(1.0, deadline - time.monotonic()))  # the last PUBACKs reach the broker
         self._fold_metrics()
         self.client.disconnect()
         self.client.loop_stop()

@@ -23,6 +23,7 @@ tests/bridge/test_mqtt_fast.py run this class against the real broker.
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Callable, Iterable
 from time import monotonic as _time_func
 from typing import Any
@@ -37,6 +38,7 @@ PUBLISH = 0x30
 PUBACK = 0x40
 _PUBACK = struct.Struct("!BBH")
 _SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
+_SYNC_FILTER = "$edgepipe/sync"
 
 # topic, payload, qos, mid, retain
 PublishCallback = Callable[[str, bytes, int, int, bool], None]
@@ -91,6 +93,28 @@ class FastAckClient(mqtt.Client):
         packet = b"".join([_PUBACK.pack(PUBACK, 2, mid) for mid in mids])
         if packet:
             self._packet_queue(PUBACK, packet, 0, 0)
+
+    def sync(self, timeout: float) -> bool:
+        """Waits until the broker has handled every packet sent so far: it
+        handles a client's packets in order, so the UNSUBACK of a filter we
+        never used comes after our earlier PUBACKs. Without this, PUBACKs sent
+        just before `disconnect()` are often lost and the messages come back."""
+        answered: set[int | None] = set()
+        arrived = threading.Condition()
+
+        def on_unsubscribe(_client: Any, _userdata: Any, mid: int, *_: Any) -> None:
+            with arrived:
+                answered.add(mid)
+                arrived.notify_all()
+
+        previous = self.on_unsubscribe
+        self.on_unsubscribe = on_unsubscribe
+        try:
+            rc, mid = self.unsubscribe(_SYNC_FILTER)
+            with arrived:
+                return rc == _SUCCESS and arrived.wait_for(lambda: mid in answered, timeout)
+        finally:
+            self.on_unsubscribe = previous
 
     def _packet_read(self) -> MQTTErrorCode:
         sock = self._sock
