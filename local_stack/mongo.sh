@@ -15,6 +15,8 @@
 #   FERRETDB_SQLITE_PARAMS extra SQLite URI query for FerretDB, e.g.
 #                         _pragma=synchronous(normal)
 #   FERRETDB_LOG_LEVEL    info
+#   FERRETDB_PPROF        address for Go's pprof endpoints, e.g. 127.0.0.1:6060
+#                         (off by default; for profiling the server)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -27,6 +29,7 @@ MONGO_HOST=127.0.0.1
 : "${MONGO_START_TIMEOUT:=60}"
 : "${FERRETDB_SQLITE_PARAMS:=}"
 : "${FERRETDB_LOG_LEVEL:=info}"
+: "${FERRETDB_PPROF:=}"
 
 SRC_DIR="$HERE/ferretdb"
 SVC_DIR="$STACK_DIR/mongo"
@@ -195,7 +198,7 @@ cmd_start() {
       GOGC="${GOGC:-400}" FERRETDB_TELEMETRY=disable DO_NOT_TRACK=1 \
         stk_start_bg "$SVC" "$BIN" serve -listen "$MONGO_HOST:$MONGO_PORT" \
         -data-dir "$SVC_DIR/data" -log-level "$FERRETDB_LOG_LEVEL" \
-        -sqlite-params "$FERRETDB_SQLITE_PARAMS"
+        -sqlite-params "$FERRETDB_SQLITE_PARAMS" ${FERRETDB_PPROF:+-pprof "$FERRETDB_PPROF"}
       ;;
   esac
   echo "$eng" >"$ENGINE_FILE"
