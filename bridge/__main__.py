@@ -13,6 +13,7 @@ from typing import Any
 
 from bridge.forwarder import PRODUCER_TUNING, Forwarder, client_id_for
 from bridge.kafka_health import KafkaHealth
+from bridge.mqtt_fast import FastAckClient
 from bridge.raw_sink import RawSink
 from bridge.routes import Route, load_routes
 from contracts.clients import (
@@ -120,7 +121,8 @@ def _start_forwarder(settings: Settings, routes: list[Route], stop: threading.Ev
     kafka_health = KafkaHealth()
     producer = kafka_producer(settings, error_cb=kafka_health.on_error, **PRODUCER_TUNING)
     client = mqtt_client(settings, client_id_for(settings), persistent=True, manual_ack=True,
-                         session_expiry_s=settings.bridge_session_expiry_s)
+                         session_expiry_s=settings.bridge_session_expiry_s,
+                         client_class=FastAckClient)
     prefix = settings.bridge_topic_prefix
     unrouted = tuple(prefix + f.strip() for f in settings.bridge_unrouted_filters.split(",")
                      if f.strip())

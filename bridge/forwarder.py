@@ -10,6 +10,7 @@ to us, which bounds our memory and stops new work while Kafka is away.
 from __future__ import annotations
 
 import collections
+import gc
 import logging
 import socket
 import threading
@@ -39,6 +40,15 @@ PRODUCER_TUNING: dict[str, Any] = {
 }
 _RETRY_BACKOFF_MAX_S = 30.0
 _DEAD_LETTER_LOG_INTERVAL_S = 5.0
+# Topics seen -> route match and the headers that depend only on the topic.
+# Devices publish to the same few topics over and over; cleared when full so a
+# stream of one-off topics cannot grow it without bound.
+_TOPIC_CACHE_MAX = 20_000
+# Gen-0 collections every 700 container allocations are most of the GC cost at
+# 10k+ messages/s (each message lives until Kafka acks it); 20k keeps memory flat.
+_GC_GEN0_THRESHOLD = 20_000
+_QOS_HEADER = {q: ("mqtt_qos", b"%d" % q) for q in range(3)}
+_RETAIN_HEADER = {False: ("mqtt_retain", b"0"), True: ("mqtt_retain", b"1")}
 
 
 def client_id_for(settings: Settings) -> str:
@@ -79,6 +89,19 @@ class _Pending:
         self.forwarder._delivered(self, err, msg)
 
 
+class _TopicInfo:
+    """What a topic decides once: its route (or None) and the topic's headers."""
+
+    __slots__ = ("codec_header", "fields", "route", "route_header", "topic_header")
+
+    def __init__(self, topic: str, matched: tuple[Route, dict[str, str]] | None) -> None:
+        self.route: Route | None = matched[0] if matched else None
+        self.fields: dict[str, str] = matched[1] if matched else {}
+        self.topic_header = ("mqtt_topic", topic.encode())
+        self.route_header = ("route", self.route.name.encode() if self.route else b"")
+        self.codec_header = ("codec", self.route.codec.encode() if self.route else b"")
+
+
 class Forwarder:
     def __init__(self, settings: Settings, routes: list[Route], client: mqtt.Client,
                  producer: Producer, kafka_health: KafkaHealth,
@@ -100,12 +123,19 @@ class Forwarder:
         self._retries: collections.deque[tuple[float, int, Message, _Pending]] = (
             collections.deque())
         self._dead_letter_logged: dict[str, float] = {}
+        self._topics: dict[str, _TopicInfo] = {}
         self._kafka_thread = threading.Thread(target=self._kafka_loop, name="kafka-poll",
                                               daemon=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        # With bridge.mqtt_fast's client: PUBLISH packets skip paho's message
+        # objects, and the PUBACKs one poll completes go out as one write.
+        if hasattr(client, "on_publish_received"):
+            client.on_publish_received = self._forward
+        self._ack_many = getattr(client, "ack_many", None)
+        self._acks: list[int] = []  # kafka-poll thread only
 
     # --- MQTT side (paho's network thread) ---
 
@@ -143,46 +173,52 @@ class Forwarder:
                                                 "in_flight": self.in_flight})
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
+        self._forward(msg.topic, payload, msg.qos, msg.mid, bool(msg.retain))
+
+    def _topic_info(self, topic: str) -> _TopicInfo:
+        info = self._topics.get(topic)
+        if info is None:
+            if len(self._topics) >= _TOPIC_CACHE_MAX:
+                self._topics.clear()
+            info = self._topics[topic] = _TopicInfo(topic, match_route(self.routes, topic))
+        return info
+
+    def _forward(self, topic: str, payload: bytes, qos: int, mid: int, retain: bool) -> None:
+        """One MQTT message: decode, produce every record, PUBACK after Kafka has them."""
         if not self.accepting:
             return  # never acked: the broker redelivers it to our next session
         received_ns = time.time_ns()
         self.received += 1
-        topic = msg.topic
-        payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
-        route_name: str | None
-        codec: str | None
-        matched = match_route(self.routes, topic)
+        info = self._topic_info(topic)
+        route = info.route
         try:
-            if matched is None:
+            if route is None:
                 raise DecodeError("no_route", f"no route matches topic {topic!r}")
-            route, fields = matched
-            readings = decode(route, fields, topic, payload, qos=msg.qos,
+            readings = decode(route, info.fields, topic, payload, qos=qos,
                               received_at_ns=received_ns,
                               max_payload_bytes=self.settings.bridge_max_payload_bytes)
-            records = [(route.kafka_topic, key_for(route, r), r.to_json()) for r in readings]
-            route_name, codec = route.name, route.codec
+            kafka_topic = route.kafka_topic
+            records = [(kafka_topic, key_for(route, r), r.to_json()) for r in readings]
         except Exception as exc:
             # A codec bug must not kill paho's network thread (it would stay
             # "connected" and move nothing): the message becomes a dead letter.
             reason = exc.reason if isinstance(exc, DecodeError) else "codec_error"
-            route_name = matched[0].name if matched else None
-            codec = matched[0].codec if matched else None
             letter = DeadLetter(reason=reason, message=str(exc) or repr(exc), topic=topic,
-                                route=route_name, codec=codec, payload=payload,
+                                route=route.name if route else None,
+                                codec=route.codec if route else None, payload=payload,
                                 received_at_ns=received_ns)
             records = [(self.settings.kafka_topic_dlq, topic.encode(), letter.to_json())]
             self._count_dead_letter(letter)
         if not records:  # e.g. Sensor Logger's test push: nothing to forward
-            client.ack(msg.mid, msg.qos)
+            self.client.ack(mid, qos)
             self.acked_at_once += 1
             return
         headers: Headers = [
-            ("mqtt_topic", topic.encode()), ("mqtt_qos", b"%d" % msg.qos),
-            ("mqtt_retain", b"1" if msg.retain else b"0"),
-            ("received_at_ns", b"%d" % received_ns),
-            ("route", (route_name or "").encode()), ("codec", (codec or "").encode()),
+            info.topic_header, _QOS_HEADER[qos], _RETAIN_HEADER[retain],
+            ("received_at_ns", b"%d" % received_ns), info.route_header, info.codec_header,
         ]
-        pending = _Pending(self, msg.mid, msg.qos, received_ns, len(records))
+        pending = _Pending(self, mid, qos, received_ns, len(records))
         self.started += 1
         for kafka_topic, key, value in records:
             self._produce_blocking(kafka_topic, key, value, headers, pending)
@@ -224,8 +260,16 @@ class Forwarder:
         pending.remaining -= 1
         if pending.remaining == 0:
             metrics.KAFKA_ACK_LATENCY.observe((time.time_ns() - pending.received_ns) / 1e9)
-            self.client.ack(pending.mid, pending.qos)
+            if self._ack_many is None:
+                self.client.ack(pending.mid, pending.qos)
+            elif pending.qos == 1:
+                self._acks.append(pending.mid)
             self.finished += 1
+
+    def _send_acks(self) -> None:
+        if self._acks and self._ack_many is not None:
+            acks, self._acks = self._acks, []
+            self._ack_many(acks)
 
     @property
     def in_flight(self) -> int:
@@ -238,6 +282,7 @@ class Forwarder:
     def _kafka_loop(self) -> None:
         while not self.stopping.is_set():
             self.producer.poll(0.05)
+            self._send_acks()
             self._produce_due_retries()
             self.kafka_health.probe_if_down(self.producer)
             self._fold_metrics()
@@ -281,6 +326,11 @@ class Forwarder:
                 details)
 
     def start(self) -> None:
+        # Start-up objects (modules, routes, clients) never die: keep them out
+        # of every collection, and collect the young generation less often.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(_GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
         self.producer.poll(0)
         self._kafka_thread.start()
         self.client.loop_start()
@@ -294,8 +344,13 @@ class Forwarder:
         deadline = time.monotonic() + self.settings.bridge_shutdown_timeout_s
         while (self.in_flight > 0 or self._retries) and time.monotonic() < deadline:
             self.producer.poll(0.1)
+            self._send_acks()
             self._produce_due_retries()
         left = self.producer.flush(max(0.0, deadline - time.monotonic()))
+        self._send_acks()
+        sync = getattr(self.client, "sync", None)
+        if sync is not None and self.mqtt_connected:
+            sync(max(1.0, deadline - time.monotonic()))  # the last PUBACKs reach the broker
         self._fold_metrics()
         self.client.disconnect()
         self.client.loop_stop()

@@ -1,17 +1,23 @@
 """Kafka `readings` -> MongoDB `iot.readings`, `readings.dlq` -> `iot.dead_letters`.
 
-One batch at a time: consume up to `bridge_sink_batch_size` records, write
-them with `insert_many(ordered=False)` (`_id` = event id, so a replayed record
-is a duplicate-key no-op counted as success), then commit exactly the consumed
-offsets. While MongoDB is down the sink keeps its batch, pauses its partitions
-and retries with backoff; nothing is committed that is not written.
+Consume up to `bridge_sink_batch_size` records, write them with
+`insert_many(ordered=False)` (`_id` = event id, so a replayed record is a
+duplicate-key no-op counted as success), then commit exactly the consumed
+offsets. One writer thread writes while this thread consumes and decodes the
+next batch (at most `_PIPELINE_DEPTH` batches outstanding); offsets are
+committed in consumption order, each only once its batch and every earlier one
+is written. While MongoDB is down the sink stops consuming, pauses its
+partitions and retries with backoff; nothing is committed that is not written.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +36,13 @@ log = logging.getLogger("bridge.sink")
 
 _BACKOFF_MAX_S = 10.0
 _LAG_INTERVAL_S = 5.0
+# Batches being written or waiting for the writer while the next is consumed.
+# More than one writer does not help: SQLite (FerretDB) has a single writer.
+_PIPELINE_DEPTH = 2
+# Documents per insert_many: FerretDB spends less CPU per document on 500 than
+# on 2,000 or 5,000 (75 vs 81 vs 85 us measured), and the pipeline hides the
+# extra round trips.
+_WRITE_CHUNK = 500
 
 Document = dict[str, Any]
 
@@ -90,6 +103,9 @@ class RawSink:
         self.written = self.duplicates = self.batches = 0
         self._indexes_ready = False
         self._last_lag = 0.0
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sink-write")
+        self._pending: collections.deque[tuple[Future[bool], Batch]] = collections.deque()
+        self._abandoned = False  # a batch was left unwritten: commit nothing after it
 
     def ensure_indexes(self) -> None:
         ensure_indexes(self.readings.database, (READINGS, DEAD_LETTERS))
@@ -114,34 +130,64 @@ class RawSink:
             deadline = time.monotonic() + self.settings.bridge_shutdown_timeout_s
             while time.monotonic() < deadline and self.mongo_up and self._step(1.0, stop):
                 pass
+            while self._pending:
+                self._wait_oldest(1.0)
+                self._commit_written()
         finally:
+            self._writer.shutdown(wait=True, cancel_futures=True)
             self.consumer.close()
             log.info("sink stopped", extra={"written": self.written,
                                             "duplicates": self.duplicates,
                                             "batches": self.batches})
 
     def _step(self, wait_s: float, stop: threading.Event) -> bool:
-        """One batch: consume, write, commit. False when there was nothing to read."""
+        """Consume one batch and hand it to the writer, or wait for the writer
+        when the pipeline is full or MongoDB is down. False when there was
+        nothing to read (or nothing more may be written)."""
+        self._commit_written()
+        if self._abandoned:
+            return False
+        if len(self._pending) >= _PIPELINE_DEPTH or (self._pending and not self.mongo_up):
+            self._wait_oldest(wait_s)
+            self._commit_written()
+            return True
         messages = self.consumer.consume(self.settings.bridge_sink_batch_size, wait_s)
         if not messages:
             return False
         batch = build_batch(messages, self.settings.kafka_topic_readings)
-        if self._write_until_done(batch, stop):
-            self._commit(batch)
+        self._pending.append((self._writer.submit(self._write_until_done, batch, stop), batch))
         return True
 
+    def _wait_oldest(self, seconds: float) -> None:
+        if not self._pending:
+            return
+        if self.mongo_up:
+            wait_futures([self._pending[0][0]], timeout=max(seconds, 0.05))
+        else:
+            self._wait_paused(min(max(seconds, 0.05), 1.0))
+
+    def _commit_written(self) -> None:
+        """Commits, in consumption order, every batch whose write is done; a
+        writer error (other than MongoDB being away) is raised here."""
+        while self._pending and self._pending[0][0].done():
+            future, batch = self._pending.popleft()
+            if future.result() and not self._abandoned:
+                self._commit(batch)
+            else:
+                self._abandoned = True
+
     def _write_until_done(self, batch: Batch, stop: threading.Event) -> bool:
+        """The writer thread: retry until written (True) or stopping (False)."""
         backoff = 0.5
         while True:
             try:
                 self._write(batch)
             except PyMongoError as exc:
                 self._mark_down(exc)
-                if stop.wait(0):
+                if stop.wait(backoff):
                     log.warning("sink stopping with an unwritten batch; it is not committed",
                                 extra={"records": batch.records})
                     return False
-                self._wait_paused(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
                 continue
             self._mark_up()
@@ -153,12 +199,14 @@ class RawSink:
         started = time.perf_counter()
         for name, collection, docs in (("readings", self.readings, batch.readings),
                                        ("dead_letters", self.dead_letters, batch.dead_letters)):
-            inserted, duplicates = insert_idempotent(collection, docs)
-            metrics.SINK_DOCUMENTS.labels(name).inc(inserted)
-            if duplicates:
-                metrics.SINK_DUPLICATES.labels(name).inc(duplicates)
-            self.written += inserted
-            self.duplicates += duplicates
+            for start in range(0, len(docs), _WRITE_CHUNK):
+                inserted, duplicates = insert_idempotent(collection,
+                                                         docs[start:start + _WRITE_CHUNK])
+                metrics.SINK_DOCUMENTS.labels(name).inc(inserted)
+                if duplicates:
+                    metrics.SINK_DUPLICATES.labels(name).inc(duplicates)
+                self.written += inserted
+                self.duplicates += duplicates
         metrics.SINK_WRITE_LATENCY.observe(time.perf_counter() - started)
         metrics.SINK_BATCH_SIZE.observe(batch.records)
         self.batches += 1

@@ -99,10 +99,12 @@ def mqtt_tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 def mqtt_client(settings: Settings, client_id: str | None = None, *,
                 persistent: bool = False, manual_ack: bool = False,
-                session_expiry_s: int = 86_400) -> mqtt.Client:
+                session_expiry_s: int = 86_400,
+                client_class: type[mqtt.Client] = mqtt.Client) -> mqtt.Client:
     """An MQTT 5 client with credentials set. `persistent` keeps the session
-    (and its queued QoS 1 messages) on the broker across disconnects."""
-    client = mqtt.Client(
+    (and its queued QoS 1 messages) on the broker across disconnects;
+    `client_class` is paho's Client or a subclass (the bridge's lean receiver)."""
+    client = client_class(
         callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id or f"edgepipe-{uuid.uuid4().hex[:12]}",
         protocol=mqtt.MQTTv5,

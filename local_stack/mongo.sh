@@ -12,9 +12,22 @@
 #   MONGO_PORT            27017
 #   MONGO_ENGINE          auto | mongod | ferretdb   (auto: mongod if on PATH)
 #   MONGO_START_TIMEOUT   60 seconds to wait for the first ping
-#   FERRETDB_SQLITE_PARAMS extra SQLite URI query for FerretDB, e.g.
-#                         _pragma=synchronous(normal)
+#   FERRETDB_SQLITE_PARAMS extra SQLite URI query for FerretDB; default
+#                         _pragma=synchronous(normal)&_pragma=wal_autocheckpoint(10000):
+#                         with FerretDB's WAL journal a commit no longer waits
+#                         for an fsync (one per 100 documents inserted), and the
+#                         WAL is folded into the database every 10,000 pages
+#                         (~40 MB) instead of 1,000, so index pages rewritten by
+#                         many commits are copied once. Measured on bulk
+#                         inserts: ~24 % more docs/s on a busy disk, 11 % less
+#                         CPU per document. Committed data survives a crash or
+#                         kill of the server process, NOT a power loss or OS
+#                         crash: writes since the last checkpoint can roll back.
+#                         Set it empty for SQLite's defaults (synchronous=FULL,
+#                         an fsync per commit; checkpoint every 1,000 pages).
 #   FERRETDB_LOG_LEVEL    info
+#   FERRETDB_PPROF        address for Go's pprof endpoints, e.g. 127.0.0.1:6060
+#                         (off by default; for profiling the server)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -25,8 +38,10 @@ SVC=mongo
 MONGO_HOST=127.0.0.1
 : "${MONGO_ENGINE:=auto}"
 : "${MONGO_START_TIMEOUT:=60}"
-: "${FERRETDB_SQLITE_PARAMS:=}"
+# No colon: an explicitly empty value means FerretDB's own defaults.
+: "${FERRETDB_SQLITE_PARAMS=_pragma=synchronous(normal)&_pragma=wal_autocheckpoint(10000)}"
 : "${FERRETDB_LOG_LEVEL:=info}"
+: "${FERRETDB_PPROF:=}"
 
 SRC_DIR="$HERE/ferretdb"
 SVC_DIR="$STACK_DIR/mongo"
@@ -195,7 +210,7 @@ cmd_start() {
       GOGC="${GOGC:-400}" FERRETDB_TELEMETRY=disable DO_NOT_TRACK=1 \
         stk_start_bg "$SVC" "$BIN" serve -listen "$MONGO_HOST:$MONGO_PORT" \
         -data-dir "$SVC_DIR/data" -log-level "$FERRETDB_LOG_LEVEL" \
-        -sqlite-params "$FERRETDB_SQLITE_PARAMS"
+        -sqlite-params "$FERRETDB_SQLITE_PARAMS" ${FERRETDB_PPROF:+-pprof "$FERRETDB_PPROF"}
       ;;
   esac
   echo "$eng" >"$ENGINE_FILE"

@@ -22,6 +22,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/http"
+	_ "net/http/pprof" // served only with -pprof
 	"net/url"
 	"os"
 	"os/signal"
@@ -78,6 +80,7 @@ func serve(args []string) int {
 	dataDir := fs.String("data-dir", "", "SQLite data directory (created if absent)")
 	pragmas := fs.String("sqlite-params", "", "extra SQLite URI query, e.g. _pragma=synchronous(normal)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	pprofAddr := fs.String("pprof", "", "serve Go's net/http/pprof on this address (e.g. 127.0.0.1:6060) for profiling")
 	idIndex := fs.Duration("id-index-interval", 2*time.Second,
 		"how often to add the _id lookup index to new collections (0 disables; see idindex.go)")
 	_ = fs.Parse(args)
@@ -93,7 +96,7 @@ func serve(args []string) int {
 		return 2
 	}
 
-	logger := slog.New(quietHandler{slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})})
+	logger := slog.New(newQuietHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
 	slog.SetDefault(logger)
 
 	// never report anything anywhere (the embedded package does not start the
@@ -118,6 +121,15 @@ func serve(args []string) int {
 	sqliteURL := u.String()
 	if p := strings.TrimPrefix(*pragmas, "?"); p != "" {
 		sqliteURL += "?" + p
+	}
+
+	if *pprofAddr != "" {
+		go func() {
+			// net/http/pprof registers its handlers on the default mux.
+			if err := http.ListenAndServe(*pprofAddr, nil); err != nil { //nolint:gosec // local diagnostics only
+				logger.Error("pprof listener stopped", "err", err)
+			}
+		}()
 	}
 
 	f, err := ferretdb.New(&ferretdb.Config{

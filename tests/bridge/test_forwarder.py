@@ -148,3 +148,39 @@ def test_messages_after_stop_are_left_for_redelivery(parts: Any) -> None:
     forwarder.accepting = False
     forwarder._on_message(client, None, message(PREFIX + "sensors/d1/t", b"{}", mid=1))
     assert producer.records == [] and client.acks == []
+
+
+class BatchingClient(FakeClient):
+    """Like bridge.mqtt_fast.FastAckClient: PUBACKs go out in batches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_publish_received: Any = None
+        self.batches: list[list[int]] = []
+
+    def ack_many(self, mids: Any) -> None:
+        self.batches.append(list(mids))
+
+
+def test_acks_of_one_poll_go_out_as_one_batch_after_kafka() -> None:
+    settings = get_settings().model_copy(update={"kafka_topic_dlq": "dlq"})
+    client, producer = BatchingClient(), FakeProducer()
+    routes = load_routes(settings, topic_prefix=PREFIX)
+    forwarder = Forwarder(settings, routes, client, producer,  # type: ignore[arg-type]
+                          KafkaHealth(), (PREFIX + "sensors/#",))
+    assert client.on_publish_received == forwarder._forward, "lean path not wired"
+    payload = orjson.dumps({"ts": time.time(), "value": 1.0})
+    for mid in (21, 22, 23):
+        client.on_publish_received(PREFIX + "sensors/d1/t", payload, 1, mid, False)
+    client.on_publish_received(PREFIX + "sensor-logger", sensor_logger_batch(2), 1, 24, False)
+    for index in range(3):
+        producer.deliver(index)
+    producer.deliver(3)  # the first of the batch's two readings
+    assert client.batches == [] and client.acks == [], "acked before the poll ended"
+    forwarder._send_acks()
+    assert client.batches == [[21, 22, 23]]
+    producer.deliver(4)
+    forwarder._send_acks()
+    forwarder._send_acks()  # nothing new: no empty batch
+    assert client.batches == [[21, 22, 23], [24]]
+    assert client.acks == [] and forwarder.in_flight == 0

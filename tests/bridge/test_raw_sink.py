@@ -114,6 +114,22 @@ def test_sink_writes_both_topics_and_commits_after_the_write(
     assert stored is not None and stored["seq"] == 7 and stored["ts_ns"] == batch[7].ts_ns
 
 
+def test_many_batches_in_flight_are_all_written_and_committed(
+        services: Settings, mongo: Any) -> None:
+    settings = services.model_copy(update={"bridge_sink_batch_size": 150})
+    batch = readings(2_000)
+    produce(settings, settings.kafka_topic_readings, [r.to_json() for r in batch])
+    db = mongo[settings.mongo_db]
+    sink = SinkThread(settings, db)
+    try:
+        wait_for(lambda: committed(settings, settings.kafka_topic_readings) == 2_000, 60,
+                 "every offset committed")
+    finally:
+        sink.close()
+    assert db.readings.count_documents({}) == 2_000
+    assert sink.sink.batches >= 2_000 // 150 and sink.sink.duplicates == 0
+
+
 def test_sink_holds_its_offsets_while_mongodb_is_unreachable(
         services: Settings, mongo: Any) -> None:
     produce(services, services.kafka_topic_readings, [r.to_json() for r in readings(50)])

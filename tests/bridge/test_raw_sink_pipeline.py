@@ -1,0 +1,55 @@
+"""The raw sink's commit order with writes in flight, driven directly: the
+writer's results are futures the test completes, the consumer records commits.
+(The same paths run against the real services in test_raw_sink.py.)"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from typing import Any
+
+from confluent_kafka import TopicPartition
+
+from bridge.raw_sink import Batch, RawSink
+from contracts.settings import get_settings
+
+
+class RecordingConsumer:
+    def __init__(self) -> None:
+        self.commits: list[list[tuple[str, int, int]]] = []
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        assert not asynchronous
+        self.commits.append([(tp.topic, tp.partition, tp.offset) for tp in offsets])
+
+
+def sink_with(*batches: tuple[Future[bool], dict[tuple[str, int], int]]) -> tuple[RawSink, Any]:
+    consumer = RecordingConsumer()
+    sink = RawSink(get_settings(), consumer, {"readings": None, "dead_letters": None})  # type: ignore[arg-type]
+    for future, offsets in batches:
+        sink._pending.append((future, Batch(offsets=offsets)))
+    return sink, consumer
+
+
+def test_a_later_batch_waits_for_every_earlier_write() -> None:
+    first, second, third = Future[bool](), Future[bool](), Future[bool]()
+    sink, consumer = sink_with((first, {("r", 0): 10}), (second, {("r", 0): 20, ("r", 1): 5}),
+                               (third, {("r", 1): 9}))
+    second.set_result(True)
+    sink._commit_written()
+    assert consumer.commits == [], "committed past a batch that is not written yet"
+    first.set_result(True)
+    sink._commit_written()
+    assert consumer.commits == [[("r", 0, 10)], [("r", 0, 20), ("r", 1, 5)]]
+    third.set_result(True)
+    sink._commit_written()
+    assert consumer.commits[-1] == [("r", 1, 9)] and not sink._pending
+
+
+def test_nothing_after_an_unwritten_batch_is_committed() -> None:
+    first, second = Future[bool](), Future[bool]()
+    sink, consumer = sink_with((first, {("r", 0): 10}), (second, {("r", 0): 20}))
+    second.set_result(True)  # written although the one before it was given up
+    first.set_result(False)
+    sink._commit_written()
+    assert consumer.commits == [] and sink._abandoned
+    assert sink._step(0.0, None) is False  # type: ignore[arg-type]
