@@ -85,7 +85,8 @@ def test_fenced_clients_are_rebuilt_and_every_result_is_written_once(
     kafka = Counter(r["event_id"] for r in read_analytics(services, len(ids), timeout_s=60))
     assert kafka == Counter(ids), "a result missing or doubled in Kafka analytics"
     seen = rebuilds(process)
-    assert sum(seen.values()) >= 2 and set(seen) <= {"fatal", "fenced", "unknown_member_id",
+    assert sum(seen.values()) >= 2 and set(seen) <= {"fatal", "fenced_instance_id",
+                                                    "unknown_member_id", "hung",
                                                     "invalid_producer_epoch", "state",
                                                     "abort_failed"}, seen
     assert process.log_path.read_text().count("kafka clients unusable; rebuilding") == sum(
