@@ -27,7 +27,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent import futures
 from functools import partial
 from typing import TypeVar
 
@@ -144,19 +143,33 @@ class KafkaSession:
         self.build_attempt = 0
         self.rebuilds = 0
         self._recent: deque[float] = deque()
-        self._calls = futures.ThreadPoolExecutor(1, thread_name_prefix="kafka-txn")
         self._hung = False
 
     def call(self, what: str, action: Callable[[], T], timeout_s: float) -> T:
-        """`action()` (a call with `timeout_s` as its own timeout) on the call
-        thread; KafkaCallHung when it has not returned CALL_GRACE_S after that."""
-        pending = self._calls.submit(action)
-        try:
-            return pending.result(timeout_s + CALL_GRACE_S)
-        except futures.TimeoutError:
+        """`action()` (a call with `timeout_s` as its own timeout) on a daemon
+        thread; KafkaCallHung when it has not returned CALL_GRACE_S after that.
+        Daemon, not an executor's worker: a thread stuck in librdkafka must not
+        hold up the interpreter's exit."""
+        outcome: list[tuple[bool, object]] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome.append((True, action()))
+            except BaseException as exc:  # handed to the caller below
+                outcome.append((False, exc))
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name=f"kafka-{what}", daemon=True).start()
+        if not done.wait(timeout_s + CALL_GRACE_S):
             self._hung = True
             raise KafkaCallHung(f"{what} did not return within {timeout_s + CALL_GRACE_S:.0f} s "
-                                "(librdkafka hang); replacing the Kafka clients") from None
+                                "(librdkafka hang); replacing the Kafka clients")
+        ok, value = outcome[0]
+        if not ok:
+            raise value  # type: ignore[misc]
+        return value  # type: ignore[return-value]
 
     def open(self, stop: threading.Event) -> bool:
         """New clients, transactions initialised and subscribed. False when
@@ -209,10 +222,7 @@ class KafkaSession:
     def discard(self) -> None:
         consumer, producer = self.consumer, self.producer
         self.consumer = self.producer = None
-        if self._hung:  # its thread is stuck in librdkafka: leave it, take a fresh one
-            self._calls.shutdown(wait=False)
-            self._calls = futures.ThreadPoolExecutor(1, thread_name_prefix="kafka-txn")
-            self._hung = False
+        self._hung = False  # a hung call's thread keeps the old producer; it is left behind
         if consumer is not None:
             _finish_within("consumer", consumer.close)
         if producer is not None:
@@ -225,7 +235,6 @@ class KafkaSession:
             _finish_within("producer", lambda: producer.flush(flush_s), flush_s + CLOSE_TIMEOUT_S)
         self.producer = None
         self.discard()
-        self._calls.shutdown(wait=False)
 
 
 def _drop_producer(producer: Producer) -> None:

@@ -76,3 +76,26 @@ def test_rebuilds_beyond_the_bound_end_the_process(monkeypatch: pytest.MonkeyPat
         assert spaced.note_rebuild() == backoff_s(1)
         clock[0] += kafka_session.REBUILDS_WINDOW_S + 1
     assert isinstance(KafkaRebuildFailed("x"), ServiceUnavailable)  # main() exits 1 on it
+
+
+def test_a_call_that_outlives_its_timeout_is_reported_hung(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from model_worker.kafka_session import KafkaCallHung, rebuild_reason_of
+
+    def unused() -> None:
+        raise AssertionError("no client is built here")
+
+    monkeypatch.setattr(kafka_session, "CALL_GRACE_S", 0.05)
+    session = KafkaSession(unused, unused, lambda c: None)  # type: ignore[arg-type]
+    assert session.call("quick", lambda: 42, 0.05) == 42
+    with pytest.raises(KafkaException):  # the call's own errors come through unchanged
+        session.call("failing", lambda: (_ for _ in ()).throw(
+            KafkaException(KafkaError(KafkaError._TIMED_OUT))), 0.05)
+    release = threading.Event()
+    with pytest.raises(KafkaCallHung) as hung:
+        session.call("send_offsets_to_transaction", lambda: release.wait(5), 0.05)
+    release.set()
+    assert rebuild_reason_of(hung.value) == "hung"
+    assert rebuild_reason_of(KafkaException(KafkaError(KafkaError._TIMED_OUT))) is None
