@@ -126,10 +126,11 @@ def _outage(service: str) -> Callable[[], None]:
 
 @pytest.mark.timeout(360)
 @pytest.mark.xfail(reason=(
-    "open bug: stop + 30 s + start keeps Kafka away ~50 s, past the consumers' 45 s session "
-    "timeout; the worker's static member is then fenced (librdkafka FATAL) and consumes "
-    "nothing more without exiting, and the probe was not in iot.readings 30 s after "
-    "recovery"), strict=False)
+    "open bug, raw sink only: the worker now rebuilds its fenced or hung Kafka clients and "
+    "recovers every time (10 of 10 runs), but once in 10 runs the bridge's raw sink, whose "
+    "consumer session also times out during the ~50 s outage, committed past one record it "
+    "never wrote (1 of 400 missing from iot.readings, present in Kafka and scored)"),
+    strict=False)
 def test_kafka_down_for_30_s(request: pytest.FixtureRequest, pipeline: Pipeline,
                              mongo: MongoClient[dict[str, Any]]) -> None:
     pipeline.add_bridge("bridge")
