@@ -126,11 +126,11 @@ def _outage(service: str) -> Callable[[], None]:
 
 @pytest.mark.timeout(360)
 @pytest.mark.xfail(reason=(
-    "open bug, raw sink only: the worker now rebuilds its fenced or hung Kafka clients and "
-    "recovers every time (10 of 10 runs), but once in 10 runs the bridge's raw sink, whose "
-    "consumer session also times out during the ~50 s outage, committed past one record it "
-    "never wrote (1 of 400 missing from iot.readings, present in Kafka and scored)"),
-    strict=False)
+    "not yet reliable: the worker now rebuilds its fenced or hung Kafka clients and recovered "
+    "in all 13 runs, and 11 of 13 passed; once the bridge's raw sink, whose consumer session "
+    "also times out in the ~50 s outage, committed past one record it never wrote (1 of 400 "
+    "missing from iot.readings, present in Kafka), and one failure inside the full-folder "
+    "run was not diagnosed"), strict=False)
 def test_kafka_down_for_30_s(request: pytest.FixtureRequest, pipeline: Pipeline,
                              mongo: MongoClient[dict[str, Any]]) -> None:
     pipeline.add_bridge("bridge")
