@@ -102,9 +102,11 @@ def serve(settings: Settings, *, forward: bool, sink: bool) -> int:
     ops = OpsServer("0.0.0.0", settings.bridge_http_port, ready).start()
     log.info("bridge started", extra={"forward": forward, "sink": sink, "http_port": ops.port,
                                       "routes": [r.name for r in routes]})
+    sink_died = False
     while not stop.wait(1.0):
         if sink_thread is not None and not sink_thread.is_alive():
             log.critical("sink thread died; stopping")
+            sink_died = True  # exit non-zero, so a supervisor restarts the bridge
             stop.set()
     log.info("bridge stopping")
     if forwarder is not None:
@@ -114,7 +116,7 @@ def serve(settings: Settings, *, forward: bool, sink: bool) -> int:
         sink_thread.join(settings.bridge_shutdown_timeout_s + 10)
     ops.stop()
     log.info("bridge stopped")
-    return 0
+    return 1 if sink_died else 0
 
 
 def _start_forwarder(settings: Settings, routes: list[Route], stop: threading.Event) -> Forwarder:

@@ -15,6 +15,7 @@ import logging
 import socket
 import threading
 import time
+import zlib
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -54,6 +55,14 @@ _RETAIN_HEADER = {False: ("mqtt_retain", b"0"), True: ("mqtt_retain", b"1")}
 def client_id_for(settings: Settings) -> str:
     return settings.bridge_client_id or (
         f"edgepipe-bridge-{socket.gethostname()}-{settings.bridge_instance}")
+
+
+def split_owner(topic: str, fields: dict[str, str] | None, count: int) -> int:
+    """The bridge instance (0..count-1) that forwards this message: by device
+    id when the route's topic names it (one device, one bridge: its order
+    holds), else by topic. crc32, not hash(): every process must agree."""
+    key = (fields or {}).get("device_id") or topic
+    return zlib.crc32(key.encode()) % count
 
 
 def subscription_filters(route_filters: list[str], unrouted: tuple[str, ...] = ()) -> list[str]:
@@ -118,6 +127,7 @@ class Forwarder:
         # Hot-path tallies, each written by one thread only (no lock needed),
         # folded into Prometheus by the Kafka thread.
         self.received = self.started = self.acked_at_once = 0  # paho's thread
+        self.not_ours = 0  # paho's thread: another bridge's share (BRIDGE_SPLIT_COUNT)
         self.forwarded = self.finished = 0  # kafka-poll thread
         self._folded = (0, 0, 0)
         self._retries: collections.deque[tuple[float, int, Message, _Pending]] = (
@@ -192,6 +202,12 @@ class Forwarder:
         self.received += 1
         info = self._topic_info(topic)
         route = info.route
+        split = self.settings.bridge_split_count
+        if split > 1 and split_owner(topic, info.fields if route else None,
+                                     split) != self.settings.bridge_instance:
+            self.client.ack(mid, qos)  # its owner has it in its own session
+            self.not_ours += 1
+            return
         try:
             if route is None:
                 raise DecodeError("no_route", f"no route matches topic {topic!r}")
@@ -322,6 +338,10 @@ class Forwarder:
             "mqtt_connected": self.mqtt_connected, "mqtt_subscribed": self.subscribed,
             "kafka_reachable": self.kafka_reachable(), "in_flight": self.in_flight,
             "retrying": len(self._retries)}
+        if self.settings.bridge_split_count > 1:
+            details["split"] = {"instance": self.settings.bridge_instance,
+                                "count": self.settings.bridge_split_count,
+                                "not_ours": self.not_ours}
         return (self.mqtt_connected and self.subscribed and details["kafka_reachable"],
                 details)
 

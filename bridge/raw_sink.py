@@ -21,14 +21,14 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from bridge import metrics
 from contracts.collections import DEAD_LETTERS, READINGS, ensure_indexes, insert_idempotent
 from contracts.dead_letters import DeadLetter
-from contracts.errors import SchemaError
+from contracts.errors import SchemaError, ServiceUnavailable
 from contracts.events import Reading
 from contracts.settings import Settings
 
@@ -54,6 +54,18 @@ class Batch:
     # (topic, partition) -> next offset to read, committed after the write.
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     records: int = 0
+
+
+def _raise_if_fatal(messages: list[Message]) -> None:
+    """A fatal consumer error (librdkafka gives no more records after it) ends
+    the sink instead of leaving it polling an empty consumer forever; nothing
+    of this batch is committed, so a restarted bridge reads it again."""
+    for msg in messages:
+        error = msg.error()
+        if error is not None and (error.fatal() or error.code() == KafkaError._FATAL):
+            log.critical("kafka consumer failed for good; the sink stops",
+                         extra={"error": str(error)})
+            raise ServiceUnavailable(f"raw sink consumer: {error}") from KafkaException(error)
 
 
 def reading_document(value: bytes) -> Document:
@@ -154,6 +166,7 @@ class RawSink:
         messages = self.consumer.consume(self.settings.bridge_sink_batch_size, wait_s)
         if not messages:
             return False
+        _raise_if_fatal(messages)
         batch = build_batch(messages, self.settings.kafka_topic_readings)
         self._pending.append((self._writer.submit(self._write_until_done, batch, stop), batch))
         return True

@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     # "" means edgepipe-bridge-{hostname}-{bridge_instance}.
     bridge_client_id: str = ""
     bridge_instance: int = Field(0, ge=0)
+    # >1: BRIDGE_SPLIT_COUNT bridges (BRIDGE_INSTANCE 0..count-1) each subscribe
+    # plainly to every topic and forward only the devices whose id hashes to
+    # their instance, acknowledging the rest at once. Plain subscriptions of a
+    # persistent session survive a Mosquitto restart (shared ones do not).
+    bridge_split_count: int = Field(1, ge=1)
     bridge_session_expiry_s: int = Field(86_400, ge=0)
     # Unacknowledged QoS 1 messages the broker may have in flight to one bridge.
     bridge_receive_maximum: int = Field(1000, ge=1, le=65_535)
@@ -178,6 +183,16 @@ class Settings(BaseSettings):
             if not lines or not lines[0].strip():
                 raise ValueError(f"MQTT_PASSWORD_FILE {self.mqtt_password_file} is empty")
             self.mqtt_password = SecretStr(lines[0].strip())
+        return self
+
+    @model_validator(mode="after")
+    def _check_bridge_split(self) -> Self:
+        if self.bridge_split_count > 1 and self.bridge_shared_subscription:
+            raise ValueError("BRIDGE_SPLIT_COUNT > 1 and BRIDGE_SHARED_SUBSCRIPTION=true "
+                             "are two ways to split; choose one")
+        if self.bridge_split_count > 1 and self.bridge_instance >= self.bridge_split_count:
+            raise ValueError(f"BRIDGE_INSTANCE must be below BRIDGE_SPLIT_COUNT "
+                             f"({self.bridge_split_count})")
         return self
 
     @model_validator(mode="after")

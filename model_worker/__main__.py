@@ -50,14 +50,35 @@ def run(settings: Settings) -> None:
     instance = settings.worker_instance_id or f"{settings.worker_group}-{socket.gethostname()}"
     ensure_topics(settings, [settings.kafka_topic_readings, settings.kafka_topic_dlq,
                              settings.kafka_topic_analytics, settings.kafka_topic_windows])
-    # Static membership: a restarted instance takes its partitions back at once
-    # instead of waiting out the dead member's session timeout.
-    consumer = kafka_consumer(settings, settings.worker_group, **{"group.instance.id": instance})
-    producer = kafka_producer(settings, **{
+    # Clients come from these factories: the loop builds a new pair when one
+    # is unusable for good (fatal, fenced, unknown member) and resumes from the
+    # committed offsets.
+    make_consumer = partial(kafka_consumer, settings, settings.worker_group, **{
+        # Static membership: a restarted (or rebuilt) instance takes its
+        # partitions back at once, replacing its old member, instead of waiting
+        # out that member's session timeout in a rebalance, which after a Kafka
+        # outage would hold the whole group up to 45 s after Kafka returns.
+        # Its cost, a self-fencing FENCED_INSTANCE_ID fatal error when the
+        # session times out during an outage, is what the loop's rebuild handles.
+        "group.instance.id": instance,
+        # How long a dead static member keeps its partitions (no rebalance until
+        # then); also how long Kafka may be away before the member is fenced.
+        # librdkafka's default, stated because the failover bounds rest on it.
+        "session.timeout.ms": 45_000,
+        # A batch's longest path (MQTT 30 s, analytics flush 30 s, three
+        # transactional calls of TXN_CALL_TIMEOUT_S) stays well inside this
+        # between polls; a rebuild replaces the consumer, so it never counts.
+        "max.poll.interval.ms": 300_000,
+    })
+    make_producer = partial(kafka_producer, settings, **{
+        # One transactional id per instance: a rebuilt producer fences the
+        # old one and aborts whatever it left open.
         "transactional.id": instance,
         "transaction.timeout.ms": int(TRANSACTION_TIMEOUT_S * 1000),
+        # librdkafka requires message.timeout.ms <= transaction.timeout.ms.
         "message.timeout.ms": int(TRANSACTION_TIMEOUT_S * 1000),
         "linger.ms": 20, "batch.num.messages": 10_000})
+    producer = make_producer()
     mongo = mongo_client(settings)
     db = mongo[settings.mongo_db]
     mqtt = mqtt_client(settings, client_id=f"edgepipe-worker-{instance}")
@@ -80,11 +101,12 @@ def run(settings: Settings) -> None:
         stages.append(AnalyticsStage(
             settings, kafka_producer(settings), db, mqtt,
             replay_consumer=kafka_consumer(settings, settings.worker_group)))
-    loop = WorkerLoop(consumer, producer, stages, db, topic=settings.kafka_topic_readings,
+    loop = WorkerLoop(make_consumer, make_producer, stages, db,
+                      topic=settings.kafka_topic_readings,
                       dlq_topic=settings.kafka_topic_dlq,
                       batch_size=settings.worker_batch_size,
                       batch_wait_s=settings.worker_batch_wait_ms / 1000,
-                      score_fields=settings.worker_score_fields)
+                      score_fields=settings.worker_score_fields, producer=producer)
 
     def ready() -> tuple[bool, dict[str, Any]]:
         models = registry.current()
@@ -94,11 +116,13 @@ def run(settings: Settings) -> None:
                                   registry.failures()],
             "mqtt": mqtt.is_connected(),
         }
-        try:
-            producer.list_topics(timeout=2)
-            details["kafka"] = True
-        except Exception as exc:  # any failure reads as unreachable
-            details["kafka"] = f"unreachable: {exc}"
+        details["kafka"] = loop.kafka_status()
+        current = loop.session.producer
+        if details["kafka"] is True and current is not None:
+            try:
+                current.list_topics(timeout=2)
+            except Exception as exc:  # any failure reads as unreachable
+                details["kafka"] = f"unreachable: {exc}"
         try:
             mongo.admin.command("ping")
             details["mongo"] = True

@@ -35,6 +35,9 @@ MODEL_LOAD_FAILURES = Counter("worker_model_load_failures_total",
                               "Model files that failed to load", ["model"])
 MODEL_INFO = Gauge("worker_model_info", "Models in use (1 per model)",
                    ["model", "kind", "hash"])
+KAFKA_REBUILDS = Counter("worker_kafka_rebuilds_total",
+                         "Kafka consumer and transactional producer replaced after a fatal, "
+                         "fenced or unknown-member error", ["reason"])
 CONSUMER_LAG = Gauge("worker_consumer_lag", "Records behind the end of readings, per partition",
                      ["partition"])
 

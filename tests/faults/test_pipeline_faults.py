@@ -95,8 +95,9 @@ def run_scenario(request: pytest.FixtureRequest, pipeline: Pipeline,
                 "probe_scored_after_s": recovery_s,
                 "scenario_s": round(time.monotonic() - started, 1)}
     print(f"fault scenario {name}: {figures}")
-    if request.config.cache is not None:
-        request.config.cache.set(f"edgepipe/faults/{name}", figures)
+    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
+    if cache is not None:
+        cache.set(f"edgepipe/faults/{name}", figures)
     return figures
 
 
@@ -125,10 +126,11 @@ def _outage(service: str) -> Callable[[], None]:
 
 @pytest.mark.timeout(360)
 @pytest.mark.xfail(reason=(
-    "open bug: stop + 30 s + start keeps Kafka away ~50 s, past the consumers' 45 s session "
-    "timeout; the worker's static member is then fenced (librdkafka FATAL) and consumes "
-    "nothing more without exiting, and the probe was not in iot.readings 30 s after "
-    "recovery"), strict=False)
+    "not yet reliable: the worker now rebuilds its fenced or hung Kafka clients and recovered "
+    "in all 13 runs, and 11 of 13 passed; once the bridge's raw sink, whose consumer session "
+    "also times out in the ~50 s outage, committed past one record it never wrote (1 of 400 "
+    "missing from iot.readings, present in Kafka), and one failure inside the full-folder "
+    "run was not diagnosed"), strict=False)
 def test_kafka_down_for_30_s(request: pytest.FixtureRequest, pipeline: Pipeline,
                              mongo: MongoClient[dict[str, Any]]) -> None:
     pipeline.add_bridge("bridge")
@@ -160,6 +162,30 @@ def test_mosquitto_restarted(request: pytest.FixtureRequest, pipeline: Pipeline,
             time.sleep(2)
 
     run_scenario(request, pipeline, mongo, "e_restart_mosquitto", 60, restart)
+
+
+def test_mosquitto_restart_with_two_split_bridges(request: pytest.FixtureRequest,
+                                                  pipeline: Pipeline,
+                                                  mongo: MongoClient[dict[str, Any]]) -> None:
+    """Two bridges sharing the load without a shared subscription
+    (BRIDGE_SPLIT_COUNT=2): each subscribes plainly, which Mosquitto restores
+    with the session after a restart, and forwards only its devices. Nothing
+    is lost, unlike test_mosquitto_restart_with_shared_subscription."""
+    for name in ("bridge-a", "bridge-b"):  # BRIDGE_INSTANCE 0 and 1
+        pipeline.add_bridge(name, BRIDGE_SPLIT_COUNT="2")
+    pipeline.add_worker("worker")
+
+    def restart() -> None:
+        with service_stopped("mosquitto"):
+            time.sleep(2)
+
+    figures = run_scenario(request, pipeline, mongo, "e_restart_mosquitto_split", 60, restart)
+    skipped = []
+    for name in ("bridge-a", "bridge-b"):
+        _, body = pipeline.procs[name].get("/ready")
+        skipped.append(body["forwarder"]["split"]["not_ours"])
+    # Each bridge saw every message and left the other's share alone.
+    assert sum(skipped) >= figures["published"], skipped
 
 
 def test_two_of_each_and_one_of_each_killed(request: pytest.FixtureRequest, pipeline: Pipeline,
