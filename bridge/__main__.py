@@ -11,11 +11,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from bridge.forwarder import PRODUCER_TUNING, Forwarder, client_id_for
+from bridge.forwarder import PRODUCER_TUNING, Forwarder
 from bridge.kafka_health import KafkaHealth
 from bridge.mqtt_fast import FastAckClient
 from bridge.raw_sink import RawSink
 from bridge.routes import Route, load_routes
+from bridge.subscriptions import client_id_for
 from contracts.clients import (
     ensure_topics,
     kafka_consumer,

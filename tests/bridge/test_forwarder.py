@@ -13,9 +13,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from confluent_kafka import KafkaError, Message
 
-from bridge.forwarder import Forwarder, subscription_filters
+from bridge.forwarder import Forwarder
 from bridge.kafka_health import KafkaHealth
 from bridge.routes import load_routes
+from bridge.subscriptions import subscription_filters
 from contracts.settings import Settings, get_settings
 
 PREFIX = "t/unit/"

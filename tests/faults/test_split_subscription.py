@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from bridge.forwarder import split_owner
+from bridge.subscriptions import split_owner
 from contracts.errors import ConfigError
 from contracts.settings import Settings, get_settings
 from tests.support import REPO
@@ -30,7 +30,7 @@ def test_every_device_has_one_owner_and_the_share_is_even() -> None:
 
 def test_owner_is_the_same_in_another_process() -> None:
     """crc32, not Python's per-process salted hash()."""
-    code = ("from bridge.forwarder import split_owner; "
+    code = ("from bridge.subscriptions import split_owner; "
             "print([split_owner(f's/d{i}/t', {'device_id': f'd{i}'}, 4) for i in range(50)])")
     other = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                            text=True, check=True, env={"PYTHONHASHSEED": "123"})
