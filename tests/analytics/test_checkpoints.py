@@ -120,6 +120,18 @@ def stream_with_late_readings() -> list[ConsumedBatch]:
     return batches(stream, 200)
 
 
+def stream_in_kafka(settings: Settings) -> tuple[Settings, list[ConsumedBatch], dict, dict]:
+    """Slow-checkpoint settings, the stream's batches (already in Kafka at their
+    offsets) and the windows and statistics an uninterrupted run gives."""
+    settings = slow_checkpoints(settings)
+    parts = stream_with_late_readings()
+    for batch in parts:
+        batch.topic = settings.kafka_topic_readings
+    produce(settings, parts)
+    want_windows, want_stats = expected(settings, parts)
+    return settings, parts, want_windows, want_stats
+
+
 def resent(batch: ConsumedBatch, first_offset: int) -> ConsumedBatch:
     """Readings the device sent again: the same event ids at new offsets."""
     again = ConsumedBatch(batch.topic)
@@ -145,12 +157,7 @@ class StateWriteLost:
 
 def test_restart_between_checkpoints_re_reads_kafka_and_changes_nothing(
         kafka_topics: Settings, mongo: MongoClient[dict[str, Any]]) -> None:
-    settings = slow_checkpoints(kafka_topics)
-    parts = stream_with_late_readings()
-    for batch in parts:
-        batch.topic = settings.kafka_topic_readings
-    produce(settings, parts)
-    want_windows, want_stats = expected(settings, parts)
+    settings, parts, want_windows, want_stats = stream_in_kafka(kafka_topics)
     db = mongo[settings.mongo_db]
 
     first = AnalyticsStage(settings, kafka_producer(settings), db,
@@ -190,12 +197,7 @@ def test_restart_between_checkpoints_re_reads_kafka_and_changes_nothing(
 
 def test_failed_background_checkpoint_is_raised_and_recovered_from_kafka(
         kafka_topics: Settings, mongo: MongoClient[dict[str, Any]]) -> None:
-    settings = slow_checkpoints(kafka_topics)
-    parts = stream_with_late_readings()
-    for batch in parts:
-        batch.topic = settings.kafka_topic_readings
-    produce(settings, parts)
-    want_windows, want_stats = expected(settings, parts)
+    settings, parts, want_windows, want_stats = stream_in_kafka(kafka_topics)
     db = mongo[settings.mongo_db]
 
     stage = AnalyticsStage(settings, kafka_producer(settings), db,
@@ -232,12 +234,7 @@ def test_assignment_re_reads_up_to_the_committed_offsets(
         kafka_topics: Settings, mongo: MongoClient[dict[str, Any]]) -> None:
     """The sensors stopped just before the crash: no batch follows, yet the
     windows and statistics of their last readings come out after the restart."""
-    settings = slow_checkpoints(kafka_topics)
-    parts = stream_with_late_readings()
-    for batch in parts:
-        batch.topic = settings.kafka_topic_readings
-    produce(settings, parts)
-    want_windows, want_stats = expected(settings, parts)
+    settings, parts, want_windows, want_stats = stream_in_kafka(kafka_topics)
     db = mongo[settings.mongo_db]
 
     first = AnalyticsStage(settings, kafka_producer(settings), db,
