@@ -44,6 +44,7 @@ from confluent_kafka import TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from contracts.clients import (
+    delete_topics,
     kafka_admin,
     kafka_consumer,
     kafka_producer,
@@ -95,7 +96,7 @@ class Phase:
 
     def cleanup(self) -> None:
         self._counter.close()
-        kafka_admin(self.settings).delete_topics([self.readings, self.dlq])
+        delete_topics(self.settings, [self.readings, self.dlq])
         client = mongo_client(self.settings)
         client.drop_database(self.db)
         client.close()

@@ -26,8 +26,8 @@ import psutil
 from confluent_kafka import TopicPartition
 
 from contracts.clients import (
+    delete_topics,
     ensure_topics,
-    kafka_admin,
     kafka_consumer,
     kafka_producer,
     mongo_client,
@@ -183,7 +183,7 @@ def bench_worker(model_dir: Path, events: int, timeout_s: float, analytics: bool
     finally:
         proc.terminate()
         _, stderr = proc.communicate(timeout=30)
-        kafka_admin(settings).delete_topics(list(topics.values()), operation_timeout=10)
+        delete_topics(settings, list(topics.values()))
         with mongo_client(settings) as client:
             client.drop_database(f"bench_{tag}")
     if done < events:

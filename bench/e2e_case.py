@@ -21,7 +21,7 @@ from bench.common import (
     listening_pids,
     percentiles,
 )
-from contracts.clients import kafka_admin, mongo_client
+from contracts.clients import delete_topics, mongo_client
 from contracts.events import datetime_to_ns, ns_to_datetime
 from contracts.settings import Settings
 from tests.support import REPO, ServiceProcess, free_port
@@ -106,7 +106,7 @@ class Case:
             proc.kill()
         clear_retained(self.settings, f"{self.phase.root}#")
         self.phase.cleanup()
-        kafka_admin(self.settings).delete_topics([self.analytics_topic, self.windows_topic])
+        delete_topics(self.settings, [self.analytics_topic, self.windows_topic])
 
 
 def stop_simulators(sims: list[tuple[subprocess.Popen[bytes], int, int]]) -> int:

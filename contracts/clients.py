@@ -70,6 +70,18 @@ def ensure_topics(settings: Settings, names: list[str], timeout: float = 30.0) -
                 raise ServiceUnavailable(f"cannot create Kafka topic {name}: {exc}") from exc
 
 
+def delete_topics(settings: Settings, names: list[str], timeout: float = 30.0) -> None:
+    """Delete topics and wait for it: an unawaited request dies with its admin
+    client, and every topic left behind slows the next Kafka start."""
+    admin = kafka_admin(settings)
+    for name, future in admin.delete_topics(names, operation_timeout=timeout).items():
+        try:
+            future.result(timeout)
+        except Exception as exc:
+            if "UNKNOWN_TOPIC_OR_PART" not in str(exc):
+                raise ServiceUnavailable(f"cannot delete Kafka topic {name}: {exc}") from exc
+
+
 # A dead MongoDB should surface as an error within seconds, not pymongo's 30 s.
 MONGO_DEFAULTS = {"tz_aware": True, "serverSelectionTimeoutMS": 5000}
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 
-from contracts.clients import ensure_topics, kafka_admin, mongo_client
+from contracts.clients import delete_topics, ensure_topics, mongo_client
 from contracts.settings import Settings, get_settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -83,11 +83,7 @@ def kafka_topics(settings: Settings) -> Iterator[Settings]:
              settings.kafka_topic_analytics, settings.kafka_topic_windows]
     ensure_topics(settings, names)
     yield settings
-    # Waited on: an unawaited request is lost when the admin client is collected,
-    # and every topic left behind slows the next Kafka start.
-    admin = kafka_admin(settings)
-    for future in admin.delete_topics(names, operation_timeout=10).values():
-        future.result(timeout=30)
+    delete_topics(settings, names)
 
 
 @pytest.fixture
