@@ -152,18 +152,6 @@ def plan_cover(start_ns: int, end_ns: int, sizes: list[tuple[int, int]]) -> Cove
     return plan
 
 
-def dedupe_windows(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One window per (device, size, start): a sensor with both a `value` and a
-    `magnitude` window for the same slot counts its readings once."""
-    chosen: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
-    for doc in docs:
-        slot = (doc.get("device_id"), doc.get("size_s"), doc.get("start_ns"))
-        held = chosen.get(slot)
-        if held is None or doc.get("field") == SCALAR_FIELD:
-            chosen[slot] = doc
-    return list(chosen.values())
-
-
 def metric_values(moments: Moments, metrics: list[str]) -> dict[str, float | int | None]:
     empty = moments.count == 0
     known: dict[str, float | int | None] = {

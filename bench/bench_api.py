@@ -151,7 +151,7 @@ def time_naive(settings: Settings, spans: list[tuple[int, int]],
                     break
                 request = parse_metrics_request(body(start, end), max_days=366)
                 began = time.perf_counter()
-                result = await compute_metrics(db, request, [])
+                result = await compute_metrics(db, request, None)
                 samples.append(time.perf_counter() - began)
                 answers.append(result["temp"])
         finally:

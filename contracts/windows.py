@@ -115,6 +115,11 @@ class WindowRecord:
     last_ts_ns: int
     late_count: int = 0
     revision: int = 0
+    # Smallest-size windows only: every (ts_ns, value) in the window, in time
+    # order, so a range edge inside the window is answered from this document
+    # alone (FerretDB on SQLite can only look documents up by `_id`). None when
+    # unknown: over the cap, or the window was reloaded from saved state.
+    points: list[tuple[int, float]] | None = None
 
     @property
     def end_ns(self) -> int:
@@ -139,4 +144,23 @@ class WindowRecord:
             "last_ts": ns_to_datetime(self.last_ts_ns),
             "late_count": self.late_count,
             "revision": self.revision,
+            **points_document(self.points),
         }
+
+
+POINTS_TS = "points_ts_ns"
+POINTS_VALUE = "points_value"
+
+
+def points_document(points: list[tuple[int, float]] | None) -> dict[str, Any]:
+    """Two parallel arrays (FerretDB stores no nested arrays); absent when unknown."""
+    if points is None:
+        return {}
+    return {POINTS_TS: [ts for ts, _ in points], POINTS_VALUE: [v for _, v in points]}
+
+
+def points_from_document(doc: dict[str, Any]) -> list[tuple[int, float]] | None:
+    ts, values = doc.get(POINTS_TS), doc.get(POINTS_VALUE)
+    if ts is None or values is None or len(ts) != len(values):
+        return None
+    return [(int(t), float(v)) for t, v in zip(ts, values, strict=True)]

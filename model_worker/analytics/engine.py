@@ -46,6 +46,7 @@ class WindowPolicy:
     grace_ns: int
     lateness_ns: int
     idle_ns: int
+    points_max: int = 0  # readings kept in each smallest-size window (see Window.points)
 
     def __post_init__(self) -> None:
         if not self.sizes_s or min(self.sizes_s) <= 0:
@@ -60,7 +61,8 @@ class WindowPolicy:
         return cls(tuple(sorted(set(settings.analytics_window_sizes_s))),
                    settings.analytics_grace_ms * NS_PER_MS,
                    settings.analytics_allowed_lateness_s * NS_PER_S,
-                   int(settings.analytics_idle_timeout_s * NS_PER_S))
+                   int(settings.analytics_idle_timeout_s * NS_PER_S),
+                   settings.analytics_window_points_max)
 
     @property
     def base_ns(self) -> int:
@@ -196,6 +198,8 @@ class AnalyticsEngine:
         for size_s in self.policy.sizes_s:
             groups = reduce_windows(entries, size_s * NS_PER_S, self.policy.grace_ns)
             self._merge_windows(fields_list, groups, size_s)
+        if self.policy.points_max:
+            self._merge_points(fields_list, entries)
         groups = reduce_series(entries)
         for fpos, count, mean, m2, lo, hi, first, last, last_value in zip(
                 groups.field_idx.tolist(), groups.count.tolist(), groups.mean.tolist(),
@@ -228,6 +232,25 @@ class AnalyticsEngine:
             window.last_ts_ns = max(window.last_ts_ns, last)
             window.late_count += late
             window.dirty = True
+
+    def _merge_points(self, fields_list: list[FieldState], entries: SortedEntries) -> None:
+        """Append the batch's readings to their smallest-size windows (created by
+        `_merge_windows` just before); a window over the cap keeps none."""
+        base, cap = self.policy.base_ns, self.policy.points_max
+        fidx, ts, values = entries.field_idx, entries.ts_ns, entries.values
+        start = ts - ts % base
+        # Entries are sorted by field then time, so each window is one run.
+        heads = np.flatnonzero(np.r_[True, (fidx[1:] != fidx[:-1]) | (start[1:] != start[:-1])])
+        tails = np.append(heads[1:], fidx.size)
+        ts_list, value_list = ts.tolist(), values.tolist()
+        for head, tail in zip(heads.tolist(), tails.tolist(), strict=True):
+            window = fields_list[int(fidx[head])].windows[self.policy.sizes_s[0]][int(start[head])]
+            if window.moments.count > cap:
+                window.points = None
+            elif window.moments.count == tail - head:  # new in this batch
+                window.points = list(zip(ts_list[head:tail], value_list[head:tail], strict=True))
+            elif window.points is not None:
+                window.points.extend(zip(ts_list[head:tail], value_list[head:tail], strict=True))
 
     def _close(self, series: SeriesState, out: Emissions) -> None:
         """Emit windows the stream time closed; forget windows and event ids

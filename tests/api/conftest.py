@@ -23,9 +23,10 @@ from contracts.clients import mqtt_client, mqtt_connect
 from contracts.events import NS_PER_S, Reading, make_event_id
 from contracts.results import ModelStamp, ScoredResult
 from contracts.settings import Settings
-from contracts.windows import MAGNITUDE_FIELD, SCALAR_FIELD, Moments, WindowRecord
+from contracts.windows import MAGNITUDE_FIELD, SCALAR_FIELD, Moments, WindowRecord, series_id
 
 SIZES = (10, 60, 3600)
+POINTS_MAX = 100
 
 
 def reading_fields(reading: Reading) -> list[tuple[str, float]]:
@@ -40,9 +41,11 @@ def reading_fields(reading: Reading) -> list[tuple[str, float]]:
 
 
 def windows_for(readings: list[Reading], sizes: tuple[int, ...] = SIZES,
-                closed_before_ns: int | None = None) -> list[WindowRecord]:
+                closed_before_ns: int | None = None,
+                points_max: int = POINTS_MAX) -> list[WindowRecord]:
     """Tumbling windows over the readings; windows ending after `closed_before_ns`
-    are still open, so stream analytics has not written them yet."""
+    are still open, so stream analytics has not written them yet. Smallest
+    windows with at most `points_max` readings carry them, as the worker's do."""
     found: dict[tuple[str, str, str, int, int], WindowRecord] = {}
     for reading in readings:
         for field_name, value in reading_fields(reading):
@@ -54,11 +57,30 @@ def windows_for(readings: list[Reading], sizes: tuple[int, ...] = SIZES,
                     record = found[key] = WindowRecord(
                         reading.device_id, reading.sensor, field_name, size, start, Moments(),
                         reading.ts_ns, reading.ts_ns)
+                    if size == min(sizes):
+                        record.points = []
                 record.moments.add(value)
                 record.first_ts_ns = min(record.first_ts_ns, reading.ts_ns)
                 record.last_ts_ns = max(record.last_ts_ns, reading.ts_ns)
+                if record.points is not None:
+                    record.points.append((reading.ts_ns, value))
+    for record in found.values():
+        if record.points is not None:
+            record.points = (None if len(record.points) > points_max
+                             else sorted(record.points))
     return [w for w in found.values()
             if closed_before_ns is None or w.end_ns <= closed_before_ns]
+
+
+def stats_for(readings: list[Reading], last_ts_ns: int) -> list[dict[str, Any]]:
+    """`iot.stats` documents as the worker keeps them, with `last_ts_ns` the
+    stream time analytics reached (windows ending by it minus grace are stored)."""
+    found: dict[tuple[str, str, str], Moments] = {}
+    for reading in readings:
+        for field_name, value in reading_fields(reading):
+            found.setdefault((reading.device_id, reading.sensor, field_name), Moments()).add(value)
+    return [{"_id": series_id(*key), "device_id": key[0], "sensor": key[1], "field": key[2],
+             **moments.to_dict(), "last_ts_ns": last_ts_ns} for key, moments in found.items()]
 
 
 def make_reading(device: str, sensor: str, ts_ns: int, value: float | None = None,
@@ -93,6 +115,12 @@ class Store:
             docs = [w.to_document() for w in windows_for(readings, SIZES, closed_before_ns)]
             if docs:
                 self.db.windows.insert_many(docs, ordered=False)
+            grace = self.settings.analytics_grace_ms * 1_000_000
+            # Without a bound every window is closed and past the allowed lateness.
+            last_ts = (max(r.ts_ns for r in readings) + (max(SIZES) + 3600) * NS_PER_S
+                       if closed_before_ns is None else closed_before_ns + grace)
+            for doc in stats_for(readings, last_ts):
+                self.db.stats.replace_one({"_id": doc["_id"]}, doc, upsert=True)
 
     def results(self, results: list[ScoredResult], *, publish: bool = True) -> None:
         """Stored, then published on MQTT, as the model worker does."""

@@ -162,6 +162,7 @@ def test_property_metrics_equal_direct_computation(
         client: TestClient, store: Store, points: list[tuple[int, float, str]],
         bounds: tuple[int, int], closed_s: int, device: str | None) -> None:
     store.clear()
+    client.app.state.metrics_windows = None  # final windows cached for other data
     readings = {}
     for offset_ms, value, dev in points:
         r = make_reading(dev, "s", T0 + offset_ms * 1_000_000, value=value)

@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 
 from api.metrics_logic import (
     MetricsRequestError,
-    dedupe_windows,
     parse_metrics_request,
     plan_cover,
     reading_value,
@@ -130,11 +129,5 @@ def test_reading_value_follows_stream_analytics_fields() -> None:
     assert reading_value({"value": 2.5, "values": {"lux": 2.5, "ir": 1.0}}, None) == 2.5
 
 
-def test_value_windows_win_over_magnitude_windows_of_the_same_slot() -> None:
-    docs = [{"device_id": "d", "size_s": 10, "start_ns": 0, "field": "magnitude", "count": 2},
-            {"device_id": "d", "size_s": 10, "start_ns": 0, "field": "value", "count": 2},
-            {"device_id": "e", "size_s": 10, "start_ns": 0, "field": "magnitude", "count": 1}]
-    kept = dedupe_windows(docs)
-    assert sorted((d["device_id"], d["field"]) for d in kept) == [("d", "value"),
-                                                                  ("e", "magnitude")]
+def test_iso_output_of_the_test_epoch() -> None:
     assert ns_to_iso(T0) == "2025-11-22T03:00:00.000Z"
