@@ -8,6 +8,7 @@ import random
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -162,7 +163,9 @@ def test_property_metrics_equal_direct_computation(
         client: TestClient, store: Store, points: list[tuple[int, float, str]],
         bounds: tuple[int, int], closed_s: int, device: str | None) -> None:
     store.clear()
-    client.app.state.metrics_windows = None  # final windows cached for other data
+    app = client.app
+    assert isinstance(app, FastAPI)
+    app.state.metrics_windows = None  # its cache holds final windows of the last example
     readings = {}
     for offset_ms, value, dev in points:
         r = make_reading(dev, "s", T0 + offset_ms * 1_000_000, value=value)
