@@ -1,7 +1,6 @@
-"""Pure planning of `POST /compute/metrics` over stored windows addressed by
-`_id`: which series a body key names (from `iot.stats`), which windows cover
-the range, which range edges the smallest windows' points answer, what is left
-for raw readings, and a cache of windows that can no longer change.
+"""Pure parts of `POST /compute/metrics` over stored windows addressed by
+`_id`: which series a body key names (from `iot.stats`), up to where its
+windows are stored, and a cache of windows that can no longer change.
 
 Why `_id`s: FerretDB 1.24 on SQLite pushes down nothing but `{_id: <string>}`
 (0.5 ms at a million documents); any other filter, `$in` included, reads the
@@ -13,11 +12,10 @@ pushed-down lookup.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from api.metrics_logic import Series, plan_cover
-from contracts.events import NS_PER_S
+from api.metrics_logic import Series
 from contracts.windows import MAGNITUDE_FIELD, SCALAR_FIELD, series_id
 
 
@@ -74,43 +72,19 @@ def _ref(doc: dict[str, Any]) -> SeriesRef:
     return SeriesRef(doc["device_id"], doc["sensor"], doc["field"], int(doc["last_ts_ns"]))
 
 
-@dataclass(slots=True)
-class SeriesPlan:
-    ref: SeriesRef
-    windows: list[tuple[int, int]] = field(default_factory=list)  # (size_s, start_ns)
-    edges: list[tuple[int, int, int]] = field(default_factory=list)  # (base start, lo, hi)
-    raw: list[tuple[int, int]] = field(default_factory=list)
+def watermark(ref: SeriesRef, grace_ns: int) -> int:
+    """Every window of the series ending by this time is stored, and a missing
+    one held no reading: a window [s, e) is written when the series' stream
+    time reaches e + grace, in the same batch write as the statistics and
+    before them, and stream time is at least the stats' `last_ts_ns`."""
+    return ref.last_ts_ns - grace_ns
 
 
-def plan_series(ref: SeriesRef, start_ns: int, end_ns: int, sizes: list[int],
-                grace_ns: int) -> SeriesPlan:
-    """Whole closed windows, largest first; each edge left inside one closed
-    smallest window is answered from that window's points; what lies past the
-    watermark (windows not closed yet) goes to raw readings.
-
-    A window [s, e) is written when the series' stream time reaches e + grace,
-    in the same batch write as the statistics, and before them; stream time is
-    at least the stats' `last_ts_ns`. So every window ending by `last_ts_ns -
-    grace` is stored, and a missing one held no reading."""
-    watermark = ref.last_ts_ns - grace_ns
-    plan = SeriesPlan(ref)
-    cover = plan_cover(start_ns, end_ns, [(size, watermark) for size in sizes])
-    for span in cover.windows:
-        step = span.size_s * NS_PER_S
-        plan.windows.extend((span.size_s, s) for s in range(span.first_start_ns,
-                                                            span.end_start_ns, step))
-    base = min(sizes) * NS_PER_S
-    for lo, hi in cover.raw:
-        pos = lo
-        while pos < hi:
-            window_start = pos - pos % base
-            window_end = window_start + base
-            if window_end > watermark:
-                plan.raw.append((pos, hi))
-                break
-            plan.edges.append((window_start, pos, min(hi, window_end)))
-            pos = min(hi, window_end)
-    return plan
+def split(lo: int, hi: int, step: int) -> list[tuple[int, int, int]]:
+    """(window start, part lo, part hi) of each aligned window of `step`
+    overlapping [lo, hi)."""
+    return [(start, max(lo, start), min(hi, start + step))
+            for start in range(lo - lo % step, hi, step)]
 
 
 def is_final(ref: SeriesRef, end_ns: int, grace_ns: int, lateness_ns: int) -> bool:

@@ -1,6 +1,6 @@
-"""`POST /compute/metrics` against MongoDB: whole closed windows inside the
-range and the readings at its edges (from the smallest windows' points), all
-fetched by `_id`, merged exactly; raw readings only where no closed window
+"""`POST /compute/metrics` against MongoDB: closed windows and, at the range
+edges, their children's moments and the smallest windows' readings, all
+fetched by `_id` and merged exactly; raw readings only where no closed window
 can answer (see `api.metrics_plan` for why everything goes by `_id`)."""
 
 from __future__ import annotations
@@ -14,20 +14,28 @@ from pymongo.asynchronous.database import AsyncDatabase
 from api.metrics_logic import MetricsRequest, Series, metric_values, reading_value
 from api.metrics_plan import (
     MISSING,
-    SeriesPlan,
     SeriesRef,
     WindowCache,
     choose_series,
     is_final,
-    plan_series,
+    split,
     stats_ids,
+    watermark,
 )
 from contracts.events import NS_PER_MS, NS_PER_S, ns_to_datetime
-from contracts.windows import POINTS_TS, POINTS_VALUE, Moments, points_from_document
+from contracts.windows import (
+    CHILD_KEYS,
+    POINTS_TS,
+    POINTS_VALUE,
+    Moments,
+    children_from_document,
+    points_from_document,
+)
 
 Db = AsyncDatabase[dict[str, Any]]
 MOMENTS = {"count": 1, "mean": 1, "m2": 1, "min": 1, "max": 1}
 WITH_POINTS = {**MOMENTS, POINTS_TS: 1, POINTS_VALUE: 1}
+WITH_CHILDREN = {**MOMENTS, **dict.fromkeys(CHILD_KEYS, 1)}
 
 
 @dataclass(slots=True)
@@ -80,51 +88,88 @@ async def raw_moments(db: Db, series: Series, parts: list[tuple[str | None, int,
 
 class WindowReader:
     """One request's window lookups: cached final windows, the rest fetched by
-    `_id` with at most `concurrency` in flight."""
+    `_id` with at most `concurrency` in flight.
+
+    A range is solved top down: each window of the largest size overlapping it
+    is merged whole when inside the range; when the range ends inside it, its
+    children's moments (`sub_*`) give the whole children, and only the child
+    cut by the range edge is opened, down to a smallest window whose points
+    give the readings. So a range costs a few documents per size, not one per
+    window: 24 h unaligned is 2 day windows, then 1 hour, 1 minute and 1 10 s
+    window per edge. Windows not closed yet, and documents without children or
+    points, fall back to the next smaller size and finally to raw readings."""
 
     def __init__(self, db: Db, source: WindowSource) -> None:
         self.db, self.source = db, source
         self.limit = asyncio.Semaphore(source.concurrency)
+        self.sizes = sorted(source.sizes_s)
         self.lookups = 0
 
     async def fetch(self, ref: SeriesRef, size_s: int, start_ns: int,
-                    points: bool) -> dict[str, Any]:
-        key = (ref.window_id(size_s, start_ns), points)
+                    detail: bool) -> dict[str, Any]:
+        key = (ref.window_id(size_s, start_ns), detail)
         cached = self.source.cache.get(key)
         if cached is not None:
             return cached
+        projection = MOMENTS
+        if detail:
+            projection = WITH_POINTS if size_s == self.sizes[0] else WITH_CHILDREN
         async with self.limit:
             self.lookups += 1
-            doc = await self.db.windows.find_one({"_id": key[0]},
-                                                 WITH_POINTS if points else MOMENTS)
+            doc = await self.db.windows.find_one({"_id": key[0]}, projection)
         doc = MISSING if doc is None else doc
         if is_final(ref, start_ns + size_s * NS_PER_S, self.source.grace_ns,
                     self.source.lateness_ns):
             self.source.cache.put(key, doc)
         return doc
 
-    async def series(self, plan: SeriesPlan, moments: Moments) -> list[tuple[int, int]]:
-        """Merge the plan's windows and edges into `moments`; return the spans
-        raw readings must still answer."""
-        ref, base_s = plan.ref, min(self.source.sizes_s)
-        whole = [self.fetch(ref, size, start, False) for size, start in plan.windows]
-        edge = [self.fetch(ref, base_s, start, True) for start, _, _ in plan.edges]
-        docs = await asyncio.gather(*whole, *edge)
-        for doc in docs[:len(whole)]:
-            if doc is not MISSING:
-                moments.merge(Moments.from_dict(doc))
-        raw = list(plan.raw)
-        for (_, lo, hi), doc in zip(plan.edges, docs[len(whole):], strict=True):
-            if doc is MISSING or int(doc["count"]) == 0:
-                continue
+    async def solve(self, ref: SeriesRef, lo: int, hi: int, level: int, moments: Moments,
+                    raw: list[tuple[int, int]]) -> None:
+        """Merge the series' readings in [lo, hi) into `moments` using windows of
+        `self.sizes[level]` and smaller; append what only raw readings answer."""
+        step = self.sizes[level] * NS_PER_S
+        await asyncio.gather(*(self.part(ref, level, start, a, b, moments, raw)
+                               for start, a, b in split(lo, hi, step)))
+
+    async def part(self, ref: SeriesRef, level: int, start: int, lo: int, hi: int,
+                   moments: Moments, raw: list[tuple[int, int]]) -> None:
+        size_s = self.sizes[level]
+        end = start + size_s * NS_PER_S
+        if end > watermark(ref, self.source.grace_ns):  # not closed yet
+            if level:
+                await self.solve(ref, lo, hi, level - 1, moments, raw)
+            else:
+                raw.append((lo, hi))
+            return
+        whole = lo == start and hi == end
+        doc = await self.fetch(ref, size_s, start, not whole)
+        if doc is MISSING or int(doc["count"]) == 0:
+            return  # closed and empty
+        if whole:
+            moments.merge(Moments.from_dict(doc))
+        elif level == 0:
             points = points_from_document(doc)
             if points is None:  # over the points cap, or written without them
                 raw.append((lo, hi))
-                continue
+                return
             for ts_ns, value in points:
                 if lo <= ts_ns < hi:
                     moments.add(value)
-        return raw
+        else:
+            children = children_from_document(doc)
+            if children is None:
+                await self.solve(ref, lo, hi, level - 1, moments, raw)
+                return
+            child_ns = self.sizes[level - 1] * NS_PER_S
+            cut = []
+            for child_start, child in children:
+                child_end = child_start + child_ns
+                if lo <= child_start and child_end <= hi:
+                    moments.merge(child)
+                elif child_start < hi and lo < child_end:
+                    cut.append(self.part(ref, level - 1, child_start, max(lo, child_start),
+                                         min(hi, child_end), moments, raw))
+            await asyncio.gather(*cut)
 
 
 async def key_moments(db: Db, reader: WindowReader | None, key: str, device_id: str | None,
@@ -148,13 +193,12 @@ async def key_moments(db: Db, reader: WindowReader | None, key: str, device_id: 
             await raw_moments(db, series, [(device_id, start_ns, end_ns)], moments)
         return moments
     series, refs = chosen
-    source = reader.source
-    plans = [plan_series(ref, start_ns, end_ns, source.sizes_s, source.grace_ns)
-             for ref in refs]
-    parts = await asyncio.gather(*(reader.series(plan, moments) for plan in plans))
-    raw: list[tuple[str | None, int, int]] = [(plan.ref.device_id, lo, hi)
-           for plan, spans in zip(plans, parts, strict=True) for lo, hi in spans]
-    await raw_moments(db, series, raw, moments)
+    top = len(reader.sizes) - 1
+    raws: list[list[tuple[int, int]]] = [[] for _ in refs]
+    await asyncio.gather(*(reader.solve(ref, start_ns, end_ns, top, moments, raw)
+                           for ref, raw in zip(refs, raws, strict=True)))
+    await raw_moments(db, series, [(ref.device_id, lo, hi) for ref, raw in
+                                   zip(refs, raws, strict=True) for lo, hi in raw], moments)
     return moments
 
 

@@ -128,6 +128,8 @@ class Settings(BaseSettings):
     # Readings kept inside each smallest-size window document (0: none), so the API answers
     # a range edge inside it without a raw range query; fuller windows carry none.
     analytics_window_points_max: int = Field(100, ge=0)
+    # Larger windows also hold the moments of their next smaller windows (same purpose).
+    analytics_window_children: bool = True
 
     # --- edge simulator ---
     simulator_http_port: int = Field(8103, ge=0, le=65535)

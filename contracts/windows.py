@@ -120,6 +120,10 @@ class WindowRecord:
     # alone (FerretDB on SQLite can only look documents up by `_id`). None when
     # unknown: over the cap, or the window was reloaded from saved state.
     points: list[tuple[int, float]] | None = None
+    # Larger windows: the moments of each non-empty window of the next smaller
+    # size inside this one, by start, so a range edge inside this window needs
+    # one smaller window document, not all of them. None when unknown.
+    children: list[tuple[int, Moments]] | None = None
 
     @property
     def end_ns(self) -> int:
@@ -145,6 +149,7 @@ class WindowRecord:
             "late_count": self.late_count,
             "revision": self.revision,
             **points_document(self.points),
+            **children_document(self.children),
         }
 
 
@@ -164,3 +169,26 @@ def points_from_document(doc: dict[str, Any]) -> list[tuple[int, float]] | None:
     if ts is None or values is None or len(ts) != len(values):
         return None
     return [(int(t), float(v)) for t, v in zip(ts, values, strict=True)]
+
+
+CHILD_KEYS = ("sub_start_ns", "sub_count", "sub_mean", "sub_m2", "sub_min", "sub_max")
+
+
+def children_document(children: list[tuple[int, Moments]] | None) -> dict[str, Any]:
+    """Parallel arrays, one entry per non-empty child; absent when unknown."""
+    if children is None:
+        return {}
+    columns: tuple[list[Any], ...] = ([], [], [], [], [], [])
+    for start, m in children:
+        for column, item in zip(columns, (start, m.count, m.mean, m.m2, m.min, m.max),
+                                strict=True):
+            column.append(item)
+    return dict(zip(CHILD_KEYS, columns, strict=True))
+
+
+def children_from_document(doc: dict[str, Any]) -> list[tuple[int, Moments]] | None:
+    columns = [doc.get(key) for key in CHILD_KEYS]
+    if any(c is None for c in columns) or len({len(c) for c in columns if c is not None}) != 1:
+        return None
+    return [(int(start), Moments(int(n), float(mean), float(m2), float(lo), float(hi)))
+            for start, n, mean, m2, lo, hi in zip(*columns, strict=True)]

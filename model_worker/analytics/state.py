@@ -42,6 +42,7 @@ class Window:
     # (ts_ns, value) of a smallest-size window while at most the points cap; None
     # when unknown. Memory only: a window reloaded from saved state has None.
     points: list[tuple[int, float]] | None = None
+    children: dict[int, Moments] | None = None  # larger sizes; memory only as well
 
     @property
     def end_ns(self) -> int:
@@ -86,7 +87,10 @@ class FieldState:
             Moments(window.moments.count, window.moments.mean, window.moments.m2,
                     window.moments.min, window.moments.max),
             window.first_ts_ns, window.last_ts_ns, window.late_count, window.revision,
-            None if window.points is None else sorted(window.points))
+            None if window.points is None else sorted(window.points),
+            None if window.children is None else [
+                (start, Moments(m.count, m.mean, m.m2, m.min, m.max))
+                for start, m in sorted(window.children.items())])
 
     def stats_document(self) -> dict[str, Any]:
         """MongoDB `iot.stats` document (`_id` = series id); also the MQTT payload."""

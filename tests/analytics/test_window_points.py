@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from contracts.events import NS_PER_S
-from contracts.windows import POINTS_TS, POINTS_VALUE, WindowRecord, points_from_document
+from contracts.windows import POINTS_TS, POINTS_VALUE, Moments, WindowRecord, points_from_document
 from model_worker.analytics.engine import AnalyticsEngine, Emissions
 from model_worker.analytics.state import PartitionState
 
@@ -61,3 +63,20 @@ def test_disabled_by_default_and_unknown_after_a_reload() -> None:
     revised = base_windows(out)
     assert revised[0].moments.count == 2 and revised[0].points is None
     assert revised[10].moments.count == 1 and revised[10].points is None  # held before
+
+
+def test_larger_windows_hold_their_smaller_windows_moments() -> None:
+    policy = dataclasses.replace(POLICY, children=True)
+    engine, feed = AnalyticsEngine(policy), Feed()
+    run(engine, feed, [reading(1.0, 1.0), reading(12.0, 2.0), reading(14.0, 4.0)])
+    out = run(engine, feed, [reading(33.0, 8.0), reading(61.5, 0.0)])
+    minute = next(w for w in out.windows if w.size_s == 60)
+    assert minute.children is not None
+    assert [(start - T0, kid.count, kid.mean) for start, kid in minute.children] == [
+        (0, 1, 1.0), (10 * NS_PER_S, 2, 3.0), (30 * NS_PER_S, 1, 8.0)]
+    total = Moments()
+    for _, kid in minute.children:
+        total.merge(kid)
+    assert (total.count, total.mean) == (minute.moments.count, minute.moments.mean)
+    assert total.m2 == pytest.approx(minute.moments.m2, rel=1e-12)
+    assert all(w.children is None for w in out.windows if w.size_s == 10)

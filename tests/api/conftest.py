@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,12 +64,33 @@ def windows_for(readings: list[Reading], sizes: tuple[int, ...] = SIZES,
                 record.last_ts_ns = max(record.last_ts_ns, reading.ts_ns)
                 if record.points is not None:
                     record.points.append((reading.ts_ns, value))
+    add_children(found.values(), sizes)
     for record in found.values():
         if record.points is not None:
             record.points = (None if len(record.points) > points_max
                              else sorted(record.points))
     return [w for w in found.values()
             if closed_before_ns is None or w.end_ns <= closed_before_ns]
+
+
+def add_children(records: Iterable[WindowRecord], sizes: tuple[int, ...]) -> None:
+    """Each window of a larger size gets the moments of the windows of the next
+    smaller size inside it, as the worker's do."""
+    ordered = sorted(sizes)
+    smaller = dict(zip(ordered[1:], ordered, strict=False))
+    by_parent: dict[tuple[str, str, str, int, int], list[WindowRecord]] = {}
+    for record in records:
+        parent_size = next((big for big, small in smaller.items() if small == record.size_s),
+                           None)
+        if parent_size is not None:
+            parent_start = record.start_ns - record.start_ns % (parent_size * NS_PER_S)
+            by_parent.setdefault((record.device_id, record.sensor, record.field, parent_size,
+                                  parent_start), []).append(record)
+    for record in records:
+        if record.size_s in smaller:
+            kids = by_parent.get((record.device_id, record.sensor, record.field,
+                                  record.size_s, record.start_ns), [])
+            record.children = sorted((k.start_ns, k.moments) for k in kids)
 
 
 def stats_for(readings: list[Reading], last_ts_ns: int) -> list[dict[str, Any]]:

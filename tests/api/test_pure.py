@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 from api.metrics_logic import (
     MetricsRequestError,
     parse_metrics_request,
-    plan_cover,
     reading_value,
 )
 from api.pagination import decode_cursor, encode_cursor
@@ -84,40 +83,6 @@ def test_metrics_body_collects_seed_errors_and_keeps_valid_parts() -> None:
 def test_unanswerable_bodies_raise(body: object, message: str) -> None:
     with pytest.raises(MetricsRequestError, match=message):
         parse_metrics_request(body, max_days=366)
-
-
-def _covered(start: int, end: int, sizes: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    plan = plan_cover(start, end, sizes)
-    spans = list(plan.raw)
-    for w in plan.windows:
-        spans.append((w.first_start_ns, w.end_start_ns))
-        assert w.first_start_ns % (w.size_s * NS_PER_S) == 0
-        assert w.end_start_ns % (w.size_s * NS_PER_S) == 0
-    return sorted(spans)
-
-
-@given(st.integers(0, 10**6), st.integers(0, 10**6), st.integers(-1, 10**6),
-       st.integers(-1, 10**6))
-def test_cover_tiles_the_range_exactly_and_respects_watermarks(a: int, length: int, wm_h: int,
-                                                               wm_m: int) -> None:
-    start, end = (T0 + a * 10**7), (T0 + (a + length) * 10**7)
-    sizes = [(3600, T0 + wm_h * 10**7), (60, T0 + wm_m * 10**7), (10, 2**62)]
-    spans = _covered(start, end, sizes)
-    position = start
-    for lo, hi in spans:
-        assert lo == position and lo < hi
-        position = hi
-    assert position == end or start == end
-    for w in plan_cover(start, end, sizes).windows:
-        watermark = dict(sizes)[w.size_s]
-        assert w.end_start_ns <= watermark
-
-
-def test_cover_of_a_day_needs_few_pieces() -> None:
-    plan = plan_cover(T0 + 1234567, T0 + 86_400 * NS_PER_S + 98765, [
-        (3600, 2**62), (60, 2**62), (10, 2**62)])
-    assert len(plan.windows) <= 5 and len(plan.raw) == 2
-    assert all(hi - lo < 10 * NS_PER_S for lo, hi in plan.raw)
 
 
 def test_reading_value_follows_stream_analytics_fields() -> None:
