@@ -24,9 +24,8 @@ from api.metrics_plan import (
 )
 from contracts.events import NS_PER_MS, NS_PER_S, ns_to_datetime
 from contracts.windows import (
-    CHILD_KEYS,
-    POINTS_TS,
-    POINTS_VALUE,
+    CHILDREN,
+    POINTS,
     Moments,
     children_from_document,
     points_from_document,
@@ -34,8 +33,8 @@ from contracts.windows import (
 
 Db = AsyncDatabase[dict[str, Any]]
 MOMENTS = {"count": 1, "mean": 1, "m2": 1, "min": 1, "max": 1}
-WITH_POINTS = {**MOMENTS, POINTS_TS: 1, POINTS_VALUE: 1}
-WITH_CHILDREN = {**MOMENTS, **dict.fromkeys(CHILD_KEYS, 1)}
+WITH_POINTS = {**MOMENTS, POINTS: 1}
+WITH_CHILDREN = {**MOMENTS, CHILDREN: 1}
 
 
 @dataclass(slots=True)
@@ -92,7 +91,7 @@ class WindowReader:
 
     A range is solved top down: each window of the largest size overlapping it
     is merged whole when inside the range; when the range ends inside it, its
-    children's moments (`sub_*`) give the whole children, and only the child
+    children's moments (`children`) give the whole children, and only the child
     cut by the range edge is opened, down to a smallest window whose points
     give the readings. So a range costs a few documents per size, not one per
     window: 24 h unaligned is 2 day windows, then 1 hour, 1 minute and 1 10 s
@@ -104,6 +103,14 @@ class WindowReader:
         self.limit = asyncio.Semaphore(source.concurrency)
         self.sizes = sorted(source.sizes_s)
         self.lookups = 0
+
+    def worth_opening(self, level: int, lo: int, hi: int) -> bool:
+        """A cut window of a larger size helps only when a whole child of it
+        lies in [lo, hi); otherwise its children are read directly."""
+        if level == 0:
+            return True
+        child = self.sizes[level - 1] * NS_PER_S
+        return -(-lo // child) * child + child <= hi
 
     async def fetch(self, ref: SeriesRef, size_s: int, start_ns: int,
                     detail: bool) -> dict[str, Any]:
@@ -142,6 +149,9 @@ class WindowReader:
                 raw.append((lo, hi))
             return
         whole = lo == start and hi == end
+        if not whole and not self.worth_opening(level, lo, hi):
+            await self.solve(ref, lo, hi, level - 1, moments, raw)
+            return
         doc = await self.fetch(ref, size_s, start, not whole)
         if doc is MISSING or int(doc["count"]) == 0:
             return  # closed and empty

@@ -4,7 +4,7 @@ the naive way (read every raw reading in the range) in the same run, and
 
     .venv/bin/python -m bench.bench_api [--readings N] [--quick] [--db NAME]
 
-Data (readings plus the 10 s / 1 min / 1 h windows stream analytics would
+Data (readings plus the windows and statistics stream analytics would
 write, computed here in Python) goes to its own database and is reused by
 later runs with the same --readings. Figures go to bench/results/bench_api.json.
 """
@@ -36,7 +36,6 @@ from contracts.settings import Settings, get_settings
 from contracts.windows import Moments, WindowRecord, series_id
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_api.json"
-SIZES = (10, 60, 3600)
 DEVICES = ("bench-1", "bench-2", "bench-3", "bench-4")
 SPAN_S = 48 * 3600
 START_NS = 1_763_596_800 * NS_PER_S  # 2025-11-20 00:00:00 UTC
@@ -55,12 +54,13 @@ def generate(n: int) -> Any:
                       received_at_ns=ts)
 
 
-def load(db: Any, n: int, points_max: int, grace_ns: int) -> None:
+def load(db: Any, n: int, sizes: tuple[int, ...], points_max: int, grace_ns: int) -> None:
     """Readings, and what stream analytics would have stored after the last of
     them: the windows closed by then (smallest ones with their points) and one
     statistics document per series, whose `last_ts_ns` is the stream time."""
     meta = db.bench_meta.find_one({"_id": "spec"})
-    if meta and meta.get("readings") == n and meta.get("complete") and meta.get("layout") == 2:
+    layout = {"readings": n, "sizes": list(sizes), "points_max": points_max, "layout": 4}
+    if meta and meta.get("complete") and all(meta.get(k) == v for k, v in layout.items()):
         print(f"reusing {n:,} readings and their windows in {db.name}")
         return
     for name in ("readings", "windows", "stats", "bench_meta"):
@@ -75,13 +75,13 @@ def load(db: Any, n: int, points_max: int, grace_ns: int) -> None:
         batch.append(reading.to_document())
         stats.setdefault(reading.device_id, Moments()).add(reading.value)
         last_ts = max(last_ts, reading.ts_ns)
-        for size in SIZES:
+        for size in sizes:
             start = reading.ts_ns - reading.ts_ns % (size * NS_PER_S)
             record = windows.get((reading.device_id, size, start))
             if record is None:
                 record = windows[(reading.device_id, size, start)] = WindowRecord(
                     reading.device_id, "temp", "value", size, start, Moments(), reading.ts_ns,
-                    reading.ts_ns, points=[] if size == SIZES[0] else None)
+                    reading.ts_ns, points=[] if size == sizes[0] else None)
             record.moments.add(reading.value)
             record.last_ts_ns = reading.ts_ns
             if record.points is not None:
@@ -94,6 +94,7 @@ def load(db: Any, n: int, points_max: int, grace_ns: int) -> None:
             print(f"\r  inserted {done:,}/{n:,} readings ({rate:,.0f}/s)", end="", flush=True)
     if batch:
         db.readings.insert_many(batch, ordered=False)
+    add_children(windows, sizes)
     docs = []
     for w in windows.values():
         if w.end_ns + grace_ns > last_ts:
@@ -109,7 +110,22 @@ def load(db: Any, n: int, points_max: int, grace_ns: int) -> None:
     print(f"\n  {n:,} readings and {len(docs):,} windows in "
           f"{time.perf_counter() - started:.1f} s")
     ensure_indexes(db, (READINGS, WINDOWS))
-    db.bench_meta.insert_one({"_id": "spec", "readings": n, "complete": True, "layout": 2})
+    db.bench_meta.insert_one({"_id": "spec", "complete": True, **layout})
+
+
+def add_children(windows: dict[tuple[str, int, int], WindowRecord],
+                 sizes: tuple[int, ...]) -> None:
+    """Each larger window holds its next smaller windows' moments, as the worker writes."""
+    for (device, size, start), record in windows.items():
+        if size == sizes[0]:
+            continue
+        smaller = sizes[sizes.index(size) - 1]
+        if size % smaller:
+            continue
+        step = smaller * NS_PER_S
+        record.children = [(s, windows[(device, smaller, s)].moments)
+                           for s in range(start, start + size * NS_PER_S, step)
+                           if (device, smaller, s) in windows]
 
 
 def ranges(hours: int, count: int, rng: random.Random) -> list[tuple[int, int]]:
@@ -232,26 +248,32 @@ def main() -> None:
     parser.add_argument("--readings", type=int, default=1_000_000)
     parser.add_argument("--quick", action="store_true", help="fewer repeats, 100k readings")
     parser.add_argument("--db", default="bench_api")
+    parser.add_argument("--sizes", default="10,60,3600,21600,86400",
+                        help="window sizes in seconds (the worker's ANALYTICS_WINDOW_SIZES_S)")
     parser.add_argument("--budget-s", type=float, default=120,
                         help="stop repeating a case after this long (at least 2 samples)")
     args = parser.parse_args()
     n = 100_000 if args.quick and args.readings == 1_000_000 else args.readings
     repeats = 5 if args.quick else 40
     naive_repeats = 3 if args.quick else 5
+    sizes = tuple(sorted({int(x) for x in args.sizes.split(",")}))
     get_settings.cache_clear()
     topic = f"bench.api.{time.time_ns()}"
     settings = get_settings().model_copy(update={
         "mongo_db": args.db, "kafka_topic_readings": topic,
         "api_ingest_token": type(get_settings().api_ingest_token)(TOKEN),
-        "analytics_window_sizes_s": list(SIZES)})
+        "analytics_window_sizes_s": list(sizes)})
     mongo: MongoClient[dict[str, Any]] = mongo_client(settings)
     print(f"data: {n:,} readings, {len(DEVICES)} devices, 48 h")
-    load(mongo[settings.mongo_db], n, settings.analytics_window_points_max,
+    print(f"data: window sizes {sizes} s, up to {settings.analytics_window_points_max} points "
+          "per smallest window")
+    load(mongo[settings.mongo_db], n, sizes, settings.analytics_window_points_max,
          settings.analytics_grace_ms * 1_000_000)
     ensure_topics(settings, [topic])
     url, app, server, thread = serve(settings)
     rng = random.Random(3)
     figures: dict[str, Any] = {"readings": n, "devices": len(DEVICES), "span_h": 48,
+                               "window_sizes_s": list(sizes),
                                "machine": "shared 2-core machine, busy with other work"}
 
     def drop_cache() -> None:
