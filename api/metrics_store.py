@@ -166,7 +166,7 @@ class WindowReader:
                 if lo <= ts_ns < hi:
                     moments.add(value)
         else:
-            children = children_from_document(doc)
+            children = children_from_document(doc, self.sizes[level - 1])
             if children is None:
                 await self.solve(ref, lo, hi, level - 1, moments, raw)
                 return

@@ -59,7 +59,7 @@ def load(db: Any, n: int, sizes: tuple[int, ...], points_max: int, grace_ns: int
     them: the windows closed by then (smallest ones with their points) and one
     statistics document per series, whose `last_ts_ns` is the stream time."""
     meta = db.bench_meta.find_one({"_id": "spec"})
-    layout = {"readings": n, "sizes": list(sizes), "points_max": points_max, "layout": 4}
+    layout = {"readings": n, "sizes": list(sizes), "points_max": points_max, "layout": 5}
     if meta and meta.get("complete") and all(meta.get(k) == v for k, v in layout.items()):
         print(f"reusing {n:,} readings and their windows in {db.name}")
         return
@@ -126,6 +126,7 @@ def add_children(windows: dict[tuple[str, int, int], WindowRecord],
         record.children = [(s, windows[(device, smaller, s)].moments)
                            for s in range(start, start + size * NS_PER_S, step)
                            if (device, smaller, s) in windows]
+        record.children_size_s = smaller
 
 
 def ranges(hours: int, count: int, rng: random.Random) -> list[tuple[int, int]]:

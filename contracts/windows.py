@@ -126,6 +126,7 @@ class WindowRecord:
     # size inside this one, by start, so a range edge inside this window needs
     # one smaller window document, not all of them. None when unknown.
     children: list[tuple[int, Moments]] | None = None
+    children_size_s: int = 0  # the size of the children
 
     @property
     def end_ns(self) -> int:
@@ -151,7 +152,7 @@ class WindowRecord:
             "late_count": self.late_count,
             "revision": self.revision,
             **points_document(self.points),
-            **children_document(self.children),
+            **children_document(self.children, self.children_size_s),
         }
 
 
@@ -160,9 +161,12 @@ class WindowRecord:
 # reads (60 children as parallel arrays tripled the cost of a lookup); a
 # string stays one JSON value on Kafka and MQTT too.
 POINTS = "points"  # per reading: ts_ns int64, value float64
-CHILDREN = "children"  # per non-empty child: start_ns, count int64; mean, m2, min, max float64
+# the children's size in seconds (int64), then per non-empty child: start_ns,
+# count (int64), mean, m2, min, max (float64)
+CHILDREN = "children"
 _POINT = struct.Struct("<qd")
 _CHILD = struct.Struct("<qqdddd")
+_SIZE = struct.Struct("<q")
 
 
 def points_document(points: list[tuple[int, float]] | None) -> dict[str, Any]:
@@ -180,19 +184,25 @@ def points_from_document(doc: dict[str, Any]) -> list[tuple[int, float]] | None:
     return [(int(ts), float(v)) for ts, v in _POINT.iter_unpack(base64.b64decode(text))]
 
 
-def children_document(children: list[tuple[int, Moments]] | None) -> dict[str, Any]:
-    if children is None:
+def children_document(children: list[tuple[int, Moments]] | None,
+                      size_s: int) -> dict[str, Any]:
+    if children is None or size_s <= 0:
         return {}
-    packed = b"".join(_CHILD.pack(start, m.count, m.mean, m.m2, m.min, m.max)
-                      for start, m in children)
+    packed = _SIZE.pack(size_s) + b"".join(_CHILD.pack(start, m.count, m.mean, m.m2, m.min,
+                                                       m.max) for start, m in children)
     return {CHILDREN: base64.b64encode(packed).decode()}
 
 
-def children_from_document(doc: dict[str, Any]) -> list[tuple[int, Moments]] | None:
-    """(start_ns, moments) of a larger window's non-empty children; None when
-    the document has none."""
+def children_from_document(doc: dict[str, Any],
+                           size_s: int) -> list[tuple[int, Moments]] | None:
+    """(start_ns, moments) of a larger window's non-empty children of `size_s`;
+    None when the document has none, or children of another size (the writer
+    had other window sizes)."""
     text = doc.get(CHILDREN)
     if not isinstance(text, str):
         return None
-    return [(start, Moments(count, mean, m2, lo, hi))
-            for start, count, mean, m2, lo, hi in _CHILD.iter_unpack(base64.b64decode(text))]
+    packed = base64.b64decode(text)
+    if len(packed) < _SIZE.size or _SIZE.unpack_from(packed)[0] != size_s:
+        return None
+    return [(start, Moments(count, mean, m2, lo, hi)) for start, count, mean, m2, lo, hi
+            in _CHILD.iter_unpack(packed[_SIZE.size:])]

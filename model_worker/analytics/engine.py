@@ -221,8 +221,10 @@ class AnalyticsEngine:
 
     def _merge_windows(self, fields_list: list[FieldState], groups: GroupMoments,
                        size_s: int) -> None:
-        detail = size_s == self.policy.sizes_s[0] and self.policy.points_max > 0
-        nested = size_s != self.policy.sizes_s[0] and self.policy.children
+        sizes = self.policy.sizes_s
+        detail = size_s == sizes[0] and self.policy.points_max > 0
+        child_s = max((s for s in sizes if s < size_s), default=0)
+        nested = self.policy.children and child_s > 0 and size_s % child_s == 0
         for fpos, start, count, mean, m2, lo, hi, first, last, late in zip(
                 groups.field_idx.tolist(), groups.start_ns.tolist(), groups.count.tolist(),
                 groups.mean.tolist(), groups.m2.tolist(), groups.min.tolist(),
@@ -235,7 +237,8 @@ class AnalyticsEngine:
                 # New windows start with empty detail; reloaded ones keep None.
                 by_start[start] = Window(size_s, start, moments, first, last, late,
                                          points=[] if detail else None,
-                                         children={} if nested else None)
+                                         children={} if nested else None,
+                                         children_size_s=child_s if nested else 0)
                 continue
             window.moments.merge(moments)
             window.first_ts_ns = min(window.first_ts_ns, first)

@@ -43,6 +43,7 @@ class Window:
     # when unknown. Memory only: a window reloaded from saved state has None.
     points: list[tuple[int, float]] | None = None
     children: dict[int, Moments] | None = None  # larger sizes; memory only as well
+    children_size_s: int = 0
 
     @property
     def end_ns(self) -> int:
@@ -90,7 +91,8 @@ class FieldState:
             None if window.points is None else sorted(window.points),
             None if window.children is None else [
                 (start, Moments(m.count, m.mean, m.m2, m.min, m.max))
-                for start, m in sorted(window.children.items())])
+                for start, m in sorted(window.children.items())],
+            window.children_size_s)
 
     def stats_document(self) -> dict[str, Any]:
         """MongoDB `iot.stats` document (`_id` = series id); also the MQTT payload."""

@@ -70,7 +70,7 @@ def test_larger_windows_hold_their_smaller_windows_moments() -> None:
     run(engine, feed, [reading(1.0, 1.0), reading(12.0, 2.0), reading(14.0, 4.0)])
     out = run(engine, feed, [reading(33.0, 8.0), reading(61.5, 0.0)])
     minute = next(w for w in out.windows if w.size_s == 60)
-    assert minute.children is not None
+    assert minute.children is not None and minute.children_size_s == 10
     assert [(start - T0, kid.count, kid.mean) for start, kid in minute.children] == [
         (0, 1, 1.0), (10 * NS_PER_S, 2, 3.0), (30 * NS_PER_S, 1, 8.0)]
     total = Moments()

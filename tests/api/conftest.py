@@ -91,6 +91,8 @@ def add_children(records: Iterable[WindowRecord], sizes: tuple[int, ...]) -> Non
             kids = by_parent.get((record.device_id, record.sensor, record.field,
                                   record.size_s, record.start_ns), [])
             record.children = sorted((k.start_ns, k.moments) for k in kids)
+            record.children_size_s = next(small for big, small in smaller.items()
+                                          if big == record.size_s)
 
 
 def stats_for(readings: list[Reading], last_ts_ns: int) -> list[dict[str, Any]]:

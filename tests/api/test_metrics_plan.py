@@ -64,7 +64,9 @@ def test_cache_keeps_the_most_recent_entries() -> None:
 def test_children_round_trip_through_the_document() -> None:
     kids = [(T0, Moments(2, 1.5, 0.5, 1.0, 2.0)), (T0 + 60 * NS_PER_S, Moments(1, 7.0, 0.0, 7.0,
                                                                               7.0))]
-    record = WindowRecord("a", "t", "value", 3600, T0, Moments(), T0, T0, children=kids)
-    assert children_from_document(record.to_document()) == kids
+    record = WindowRecord("a", "t", "value", 3600, T0, Moments(), T0, T0, children=kids,
+                          children_size_s=60)
+    assert children_from_document(record.to_document(), 60) == kids
+    assert children_from_document(record.to_document(), 10) is None  # other sizes: unusable
     assert children_from_document(WindowRecord("a", "t", "value", 3600, T0, Moments(), T0,
-                                               T0).to_document()) is None
+                                               T0).to_document(), 60) is None
