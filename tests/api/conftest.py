@@ -131,13 +131,17 @@ class Store:
         return self.mongo[self.settings.mongo_db]
 
     def readings(self, readings: list[Reading], *, windows: bool = True,
-                 closed_before_ns: int | None = None) -> None:
+                 closed_before_ns: int | None = None, stats: bool = False) -> None:
+        """Raw readings and, with `windows`, the windows stream analytics would
+        have written; with `stats` also its `iot.stats` documents, whose stream
+        time says up to where the windows are written."""
         if readings:
             self.db.readings.insert_many([r.to_document() for r in readings], ordered=False)
         if windows and readings:
             docs = [w.to_document() for w in windows_for(readings, SIZES, closed_before_ns)]
             if docs:
                 self.db.windows.insert_many(docs, ordered=False)
+        if windows and stats and readings:
             grace = self.settings.analytics_grace_ms * 1_000_000
             # Without a bound every window is closed and past the allowed lateness.
             last_ts = (max(r.ts_ns for r in readings) + (max(SIZES) + 3600) * NS_PER_S

@@ -52,7 +52,7 @@ def seeded(store: Store) -> list[Any]:
             readings.append(make_reading(device, "temp", ts, value=rng.gauss(20, 3)))
             readings.append(make_reading(device, "acc", ts, values={
                 "x": rng.gauss(0, 1), "y": rng.gauss(9.8, 1), "z": rng.gauss(0, 1)}))
-    store.readings(readings, closed_before_ns=T0 + 9000 * NS_PER_S)
+    store.readings(readings, closed_before_ns=T0 + 9000 * NS_PER_S, stats=True)
     return readings
 
 
@@ -160,10 +160,12 @@ def test_empty_window_and_unknown_sensor_give_count_0_and_nulls(client: TestClie
 @given(points=st.lists(st.tuples(st.integers(0, 7200 * 1000), st.floats(-1e6, 1e6),
                                  st.sampled_from(["p", "q"])), max_size=60),
        bounds=st.tuples(st.integers(-100_000, 7_300_000), st.integers(0, 7_400_000)),
-       closed_s=st.integers(0, 7300), device=st.sampled_from([None, "p"]))
+       closed_s=st.integers(0, 7300), device=st.sampled_from([None, "p"]),
+       with_stats=st.booleans())
 def test_property_metrics_equal_direct_computation(
         client: TestClient, store: Store, points: list[tuple[int, float, str]],
-        bounds: tuple[int, int], closed_s: int, device: str | None) -> None:
+        bounds: tuple[int, int], closed_s: int, device: str | None, with_stats: bool) -> None:
+    """Without `iot.stats` (analytics off, or not there yet) raw readings answer."""
     store.clear()
     app = client.app
     assert isinstance(app, FastAPI)
@@ -172,7 +174,8 @@ def test_property_metrics_equal_direct_computation(
     for offset_ms, value, dev in points:
         r = make_reading(dev, "s", T0 + offset_ms * 1_000_000, value=value)
         readings[r.event_id] = r
-    store.readings(list(readings.values()), closed_before_ns=T0 + closed_s * NS_PER_S)
+    store.readings(list(readings.values()), closed_before_ns=T0 + closed_s * NS_PER_S,
+                   stats=with_stats)
     start = T0 + bounds[0] * 1_000_000
     end = start + bounds[1] * 1_000_000
     body: dict[str, Any] = {"s": ["count", "min", "max", "average", "sum", "std"],
@@ -216,7 +219,7 @@ def test_closed_ranges_are_answered_from_windows_alone(
     store.clear()
     reset_cache(client)
     readings = scalar_readings(random.Random(seed), 400, 4 * 3600)
-    store.readings(readings)
+    store.readings(readings, stats=True)
     store.db.readings.delete_many({})
     start = T0 + lo_s * NS_PER_S + lo_ns
     end = start + length_s * NS_PER_S + hi_ns
@@ -237,7 +240,7 @@ def test_edges_without_points_or_children_fall_back_to_raw_readings(
     dense = [make_reading("p", "s", T0 + 3 * NS_PER_S + i * 50_000_000, value=rng.random())
              for i in range(150)]  # 150 readings in one 10 s window: over the cap of 100
     sparse = scalar_readings(rng, 200, 3 * 3600)
-    store.readings(dense + sparse)
+    store.readings(dense + sparse, stats=True)
     store.db.windows.update_many({"size_s": 3600}, {"$unset": {"children": ""}})
     cases = [(T0 + 5 * NS_PER_S + 123, T0 + 2 * 3600 * NS_PER_S + 7 * NS_PER_S),
              (T0 + 4 * NS_PER_S, T0 + 6 * NS_PER_S + 999)]
