@@ -1,6 +1,6 @@
-"""Pure steps of `POST /compute/metrics`: read the seed-compatible body, plan
-which stored windows and which raw edges cover a range, and turn merged
-`Moments` into the requested metrics. No database here."""
+"""Pure steps of `POST /compute/metrics`: read the seed-compatible body, the
+value a raw reading contributes, and turn merged `Moments` into the requested
+metrics. No database here (window planning: `api.metrics_plan`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from api.timeparse import parse_range
 from contracts.errors import SchemaError
-from contracts.events import NS_PER_S, check_id
+from contracts.events import check_id
 from contracts.windows import MAGNITUDE_FIELD, SCALAR_FIELD, Moments
 
 METRICS = ("count", "min", "max", "average", "mean", "sum", "std")
@@ -105,63 +105,6 @@ def reading_value(doc: dict[str, Any], field_name: str | None) -> float | None:
         return math.sqrt(math.fsum(float(v) * float(v) for v in values.values()))
     component = values.get(field_name)
     return None if component is None else float(component)
-
-
-@dataclass(slots=True, frozen=True)
-class WindowSpan:
-    """Windows of `size_s` whose start lies in [first_start_ns, end_start_ns)."""
-
-    size_s: int
-    first_start_ns: int
-    end_start_ns: int
-
-
-@dataclass(slots=True)
-class CoverPlan:
-    windows: list[WindowSpan] = field(default_factory=list)
-    raw: list[tuple[int, int]] = field(default_factory=list)
-
-
-def plan_cover(start_ns: int, end_ns: int, sizes: list[tuple[int, int]]) -> CoverPlan:
-    """Cover [start, end) with whole epoch-aligned windows, largest first, and
-    raw readings for what is left at the edges. `sizes` pairs each window size
-    (seconds) with its watermark: windows ending after it may still be open or
-    missing, so that span goes to a smaller size or to the raw readings."""
-    plan = CoverPlan()
-    ordered = sorted(sizes, key=lambda pair: -pair[0])
-
-    def cover(lo: int, hi: int, level: int) -> None:
-        if lo >= hi:
-            return
-        if level == len(ordered):
-            plan.raw.append((lo, hi))
-            return
-        size_s, watermark = ordered[level]
-        step = size_s * NS_PER_S
-        first = -(-lo // step) * step
-        last = (min(hi, watermark) // step) * step
-        if first >= last:
-            cover(lo, hi, level + 1)
-            return
-        plan.windows.append(WindowSpan(size_s, first, last))
-        cover(lo, first, level + 1)
-        cover(last, hi, level + 1)
-
-    cover(start_ns, end_ns, 0)
-    plan.raw.sort()
-    return plan
-
-
-def dedupe_windows(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One window per (device, size, start): a sensor with both a `value` and a
-    `magnitude` window for the same slot counts its readings once."""
-    chosen: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
-    for doc in docs:
-        slot = (doc.get("device_id"), doc.get("size_s"), doc.get("start_ns"))
-        held = chosen.get(slot)
-        if held is None or doc.get("field") == SCALAR_FIELD:
-            chosen[slot] = doc
-    return list(chosen.values())
 
 
 def metric_values(moments: Moments, metrics: list[str]) -> dict[str, float | int | None]:

@@ -125,6 +125,11 @@ class Settings(BaseSettings):
     # windows topic flushed, then the state with its offsets); after a crash the readings
     # since the last one are read again from Kafka. 0: a synchronous checkpoint every batch.
     analytics_checkpoint_interval_s: float = Field(2.0, ge=0)
+    # Readings kept inside each smallest-size window document (0: none), so the API answers
+    # a range edge inside it without a raw range query; fuller windows carry none.
+    analytics_window_points_max: int = Field(100, ge=0)
+    # Larger windows also hold the moments of their next smaller windows (same purpose).
+    analytics_window_children: bool = True
 
     # --- edge simulator ---
     simulator_http_port: int = Field(8103, ge=0, le=65535)
@@ -167,6 +172,10 @@ class Settings(BaseSettings):
     api_dashboard_window_s: int = Field(60, ge=5)
     api_dashboard_std_k: float = Field(3.0, gt=0)
     api_ingest_timeout_s: float = Field(30.0, gt=0)
+    # /compute/metrics: final windows (past the allowed lateness) kept in memory, and
+    # concurrent `_id` lookups per request.
+    api_metrics_cache_windows: int = Field(200_000, ge=0)
+    api_metrics_lookup_concurrency: int = Field(8, ge=1)
 
     # --- mongo-express (browse) ---
     mongo_express_port: int = Field(8081, ge=1, le=65535)

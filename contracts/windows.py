@@ -10,7 +10,9 @@ variance, and two `m2`s merge exactly with the parallel formula.
 
 from __future__ import annotations
 
+import base64
 import math
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +117,16 @@ class WindowRecord:
     last_ts_ns: int
     late_count: int = 0
     revision: int = 0
+    # Smallest-size windows only: every (ts_ns, value) in the window, in time
+    # order, so a range edge inside the window is answered from this document
+    # alone (FerretDB on SQLite can only look documents up by `_id`). None when
+    # unknown: over the cap, or the window was reloaded from saved state.
+    points: list[tuple[int, float]] | None = None
+    # Larger windows: the moments of each non-empty window of the next smaller
+    # size inside this one, by start, so a range edge inside this window needs
+    # one smaller window document, not all of them. None when unknown.
+    children: list[tuple[int, Moments]] | None = None
+    children_size_s: int = 0  # the size of the children
 
     @property
     def end_ns(self) -> int:
@@ -139,4 +151,58 @@ class WindowRecord:
             "last_ts": ns_to_datetime(self.last_ts_ns),
             "late_count": self.late_count,
             "revision": self.revision,
+            **points_document(self.points),
+            **children_document(self.children, self.children_size_s),
         }
+
+
+# Window detail travels packed, little-endian, base64 in one string: FerretDB
+# stores no nested arrays and decodes every array element of a document it
+# reads (60 children as parallel arrays tripled the cost of a lookup); a
+# string stays one JSON value on Kafka and MQTT too.
+POINTS = "points"  # per reading: ts_ns int64, value float64
+# the children's size in seconds (int64), then per non-empty child: start_ns,
+# count (int64), mean, m2, min, max (float64)
+CHILDREN = "children"
+_POINT = struct.Struct("<qd")
+_CHILD = struct.Struct("<qqdddd")
+_SIZE = struct.Struct("<q")
+
+
+def points_document(points: list[tuple[int, float]] | None) -> dict[str, Any]:
+    if points is None:
+        return {}
+    packed = b"".join(_POINT.pack(ts, value) for ts, value in points)
+    return {POINTS: base64.b64encode(packed).decode()}
+
+
+def points_from_document(doc: dict[str, Any]) -> list[tuple[int, float]] | None:
+    """The readings of a smallest window; None when the document has none."""
+    text = doc.get(POINTS)
+    if not isinstance(text, str):
+        return None
+    return [(int(ts), float(v)) for ts, v in _POINT.iter_unpack(base64.b64decode(text))]
+
+
+def children_document(children: list[tuple[int, Moments]] | None,
+                      size_s: int) -> dict[str, Any]:
+    if children is None or size_s <= 0:
+        return {}
+    packed = _SIZE.pack(size_s) + b"".join(_CHILD.pack(start, m.count, m.mean, m.m2, m.min,
+                                                       m.max) for start, m in children)
+    return {CHILDREN: base64.b64encode(packed).decode()}
+
+
+def children_from_document(doc: dict[str, Any],
+                           size_s: int) -> list[tuple[int, Moments]] | None:
+    """(start_ns, moments) of a larger window's non-empty children of `size_s`;
+    None when the document has none, or children of another size (the writer
+    had other window sizes)."""
+    text = doc.get(CHILDREN)
+    if not isinstance(text, str):
+        return None
+    packed = base64.b64decode(text)
+    if len(packed) < _SIZE.size or _SIZE.unpack_from(packed)[0] != size_s:
+        return None
+    return [(start, Moments(count, mean, m2, lo, hi)) for start, count, mean, m2, lo, hi
+            in _CHILD.iter_unpack(packed[_SIZE.size:])]

@@ -46,6 +46,8 @@ class WindowPolicy:
     grace_ns: int
     lateness_ns: int
     idle_ns: int
+    points_max: int = 0  # readings kept in each smallest-size window (see Window.points)
+    children: bool = False  # larger windows keep their next smaller windows' moments
 
     def __post_init__(self) -> None:
         if not self.sizes_s or min(self.sizes_s) <= 0:
@@ -60,7 +62,8 @@ class WindowPolicy:
         return cls(tuple(sorted(set(settings.analytics_window_sizes_s))),
                    settings.analytics_grace_ms * NS_PER_MS,
                    settings.analytics_allowed_lateness_s * NS_PER_S,
-                   int(settings.analytics_idle_timeout_s * NS_PER_S))
+                   int(settings.analytics_idle_timeout_s * NS_PER_S),
+                   settings.analytics_window_points_max, settings.analytics_window_children)
 
     @property
     def base_ns(self) -> int:
@@ -193,9 +196,15 @@ class AnalyticsEngine:
         cand = cand[keep]
         entries = SortedEntries.sort(np.array(entry_field, dtype=np.int64)[keep], ts_arr[cand],
                                      values[keep], before[cand])
+        by_size = []
         for size_s in self.policy.sizes_s:
             groups = reduce_windows(entries, size_s * NS_PER_S, self.policy.grace_ns)
             self._merge_windows(fields_list, groups, size_s)
+            by_size.append(groups)
+        if self.policy.points_max:
+            self._merge_points(fields_list, entries)
+        if self.policy.children:
+            self._merge_children(fields_list, by_size)
         groups = reduce_series(entries)
         for fpos, count, mean, m2, lo, hi, first, last, last_value in zip(
                 groups.field_idx.tolist(), groups.count.tolist(), groups.mean.tolist(),
@@ -210,8 +219,12 @@ class AnalyticsEngine:
                 state.last_ts_ns, state.last_value = last, last_value
             out.stats.append(state)
 
-    @staticmethod
-    def _merge_windows(fields_list: list[FieldState], groups: GroupMoments, size_s: int) -> None:
+    def _merge_windows(self, fields_list: list[FieldState], groups: GroupMoments,
+                       size_s: int) -> None:
+        sizes = self.policy.sizes_s
+        detail = size_s == sizes[0] and self.policy.points_max > 0
+        child_s = max((s for s in sizes if s < size_s), default=0)
+        nested = self.policy.children and child_s > 0 and size_s % child_s == 0
         for fpos, start, count, mean, m2, lo, hi, first, last, late in zip(
                 groups.field_idx.tolist(), groups.start_ns.tolist(), groups.count.tolist(),
                 groups.mean.tolist(), groups.m2.tolist(), groups.min.tolist(),
@@ -221,13 +234,53 @@ class AnalyticsEngine:
             moments = Moments(count, mean, m2, lo, hi)
             window = by_start.get(start)
             if window is None:
-                by_start[start] = Window(size_s, start, moments, first, last, late)
+                # New windows start with empty detail; reloaded ones keep None.
+                by_start[start] = Window(size_s, start, moments, first, last, late,
+                                         points=[] if detail else None,
+                                         children={} if nested else None,
+                                         children_size_s=child_s if nested else 0)
                 continue
             window.moments.merge(moments)
             window.first_ts_ns = min(window.first_ts_ns, first)
             window.last_ts_ns = max(window.last_ts_ns, last)
             window.late_count += late
             window.dirty = True
+
+    def _merge_points(self, fields_list: list[FieldState], entries: SortedEntries) -> None:
+        """Append the batch's readings to their smallest-size windows; a window
+        over the cap keeps none."""
+        base, cap = self.policy.base_ns, self.policy.points_max
+        fidx, ts, values = entries.field_idx, entries.ts_ns, entries.values
+        start = ts - ts % base
+        # Entries are sorted by field then time, so each window is one run.
+        heads = np.flatnonzero(np.r_[True, (fidx[1:] != fidx[:-1]) | (start[1:] != start[:-1])])
+        tails = np.append(heads[1:], fidx.size)
+        ts_list, value_list = ts.tolist(), values.tolist()
+        for head, tail in zip(heads.tolist(), tails.tolist(), strict=True):
+            window = fields_list[int(fidx[head])].windows[self.policy.sizes_s[0]][int(start[head])]
+            if window.points is None:
+                continue
+            window.points.extend(zip(ts_list[head:tail], value_list[head:tail], strict=True))
+            if len(window.points) > cap:
+                window.points = None
+
+    def _merge_children(self, fields_list: list[FieldState], by_size: list[GroupMoments]) -> None:
+        """Merge each batch group of one size into its window of the next larger
+        size, when that size is a multiple of it (else that size keeps none)."""
+        sizes = self.policy.sizes_s
+        for level in range(1, len(sizes)):
+            if sizes[level] % sizes[level - 1]:
+                continue
+            step = sizes[level] * NS_PER_S
+            groups = by_size[level - 1]
+            for fpos, start, count, mean, m2, lo, hi in zip(
+                    groups.field_idx.tolist(), groups.start_ns.tolist(), groups.count.tolist(),
+                    groups.mean.tolist(), groups.m2.tolist(), groups.min.tolist(),
+                    groups.max.tolist(), strict=True):
+                parent = fields_list[fpos].windows[sizes[level]][start - start % step]
+                if parent.children is not None:
+                    parent.children.setdefault(start, Moments()).merge(
+                        Moments(count, mean, m2, lo, hi))
 
     def _close(self, series: SeriesState, out: Emissions) -> None:
         """Emit windows the stream time closed; forget windows and event ids

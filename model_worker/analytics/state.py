@@ -39,6 +39,11 @@ class Window:
     revision: int = 0
     emitted: bool = False
     dirty: bool = True  # changed since it was last emitted
+    # (ts_ns, value) of a smallest-size window while at most the points cap; None
+    # when unknown. Memory only: a window reloaded from saved state has None.
+    points: list[tuple[int, float]] | None = None
+    children: dict[int, Moments] | None = None  # larger sizes; memory only as well
+    children_size_s: int = 0
 
     @property
     def end_ns(self) -> int:
@@ -82,7 +87,12 @@ class FieldState:
             self.device_id, self.sensor, self.field, window.size_s, window.start_ns,
             Moments(window.moments.count, window.moments.mean, window.moments.m2,
                     window.moments.min, window.moments.max),
-            window.first_ts_ns, window.last_ts_ns, window.late_count, window.revision)
+            window.first_ts_ns, window.last_ts_ns, window.late_count, window.revision,
+            None if window.points is None else sorted(window.points),
+            None if window.children is None else [
+                (start, Moments(m.count, m.mean, m.m2, m.min, m.max))
+                for start, m in sorted(window.children.items())],
+            window.children_size_s)
 
     def stats_document(self) -> dict[str, Any]:
         """MongoDB `iot.stats` document (`_id` = series id); also the MQTT payload."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +23,10 @@ from contracts.clients import mqtt_client, mqtt_connect
 from contracts.events import NS_PER_S, Reading, make_event_id
 from contracts.results import ModelStamp, ScoredResult
 from contracts.settings import Settings
-from contracts.windows import MAGNITUDE_FIELD, SCALAR_FIELD, Moments, WindowRecord
+from contracts.windows import MAGNITUDE_FIELD, SCALAR_FIELD, Moments, WindowRecord, series_id
 
 SIZES = (10, 60, 3600)
+POINTS_MAX = 100
 
 
 def reading_fields(reading: Reading) -> list[tuple[str, float]]:
@@ -40,9 +41,11 @@ def reading_fields(reading: Reading) -> list[tuple[str, float]]:
 
 
 def windows_for(readings: list[Reading], sizes: tuple[int, ...] = SIZES,
-                closed_before_ns: int | None = None) -> list[WindowRecord]:
+                closed_before_ns: int | None = None,
+                points_max: int = POINTS_MAX) -> list[WindowRecord]:
     """Tumbling windows over the readings; windows ending after `closed_before_ns`
-    are still open, so stream analytics has not written them yet."""
+    are still open, so stream analytics has not written them yet. Smallest
+    windows with at most `points_max` readings carry them, as the worker's do."""
     found: dict[tuple[str, str, str, int, int], WindowRecord] = {}
     for reading in readings:
         for field_name, value in reading_fields(reading):
@@ -54,11 +57,53 @@ def windows_for(readings: list[Reading], sizes: tuple[int, ...] = SIZES,
                     record = found[key] = WindowRecord(
                         reading.device_id, reading.sensor, field_name, size, start, Moments(),
                         reading.ts_ns, reading.ts_ns)
+                    if size == min(sizes):
+                        record.points = []
                 record.moments.add(value)
                 record.first_ts_ns = min(record.first_ts_ns, reading.ts_ns)
                 record.last_ts_ns = max(record.last_ts_ns, reading.ts_ns)
+                if record.points is not None:
+                    record.points.append((reading.ts_ns, value))
+    add_children(found.values(), sizes)
+    for record in found.values():
+        if record.points is not None:
+            record.points = (None if len(record.points) > points_max
+                             else sorted(record.points))
     return [w for w in found.values()
             if closed_before_ns is None or w.end_ns <= closed_before_ns]
+
+
+def add_children(records: Iterable[WindowRecord], sizes: tuple[int, ...]) -> None:
+    """Each window of a larger size gets the moments of the windows of the next
+    smaller size inside it, as the worker's do."""
+    ordered = sorted(sizes)
+    smaller = dict(zip(ordered[1:], ordered, strict=False))
+    by_parent: dict[tuple[str, str, str, int, int], list[WindowRecord]] = {}
+    for record in records:
+        parent_size = next((big for big, small in smaller.items() if small == record.size_s),
+                           None)
+        if parent_size is not None:
+            parent_start = record.start_ns - record.start_ns % (parent_size * NS_PER_S)
+            by_parent.setdefault((record.device_id, record.sensor, record.field, parent_size,
+                                  parent_start), []).append(record)
+    for record in records:
+        if record.size_s in smaller:
+            kids = by_parent.get((record.device_id, record.sensor, record.field,
+                                  record.size_s, record.start_ns), [])
+            record.children = sorted((k.start_ns, k.moments) for k in kids)
+            record.children_size_s = next(small for big, small in smaller.items()
+                                          if big == record.size_s)
+
+
+def stats_for(readings: list[Reading], last_ts_ns: int) -> list[dict[str, Any]]:
+    """`iot.stats` documents as the worker keeps them, with `last_ts_ns` the
+    stream time analytics reached (windows ending by it minus grace are stored)."""
+    found: dict[tuple[str, str, str], Moments] = {}
+    for reading in readings:
+        for field_name, value in reading_fields(reading):
+            found.setdefault((reading.device_id, reading.sensor, field_name), Moments()).add(value)
+    return [{"_id": series_id(*key), "device_id": key[0], "sensor": key[1], "field": key[2],
+             **moments.to_dict(), "last_ts_ns": last_ts_ns} for key, moments in found.items()]
 
 
 def make_reading(device: str, sensor: str, ts_ns: int, value: float | None = None,
@@ -86,13 +131,23 @@ class Store:
         return self.mongo[self.settings.mongo_db]
 
     def readings(self, readings: list[Reading], *, windows: bool = True,
-                 closed_before_ns: int | None = None) -> None:
+                 closed_before_ns: int | None = None, stats: bool = False) -> None:
+        """Raw readings and, with `windows`, the windows stream analytics would
+        have written; with `stats` also its `iot.stats` documents, whose stream
+        time says up to where the windows are written."""
         if readings:
             self.db.readings.insert_many([r.to_document() for r in readings], ordered=False)
         if windows and readings:
             docs = [w.to_document() for w in windows_for(readings, SIZES, closed_before_ns)]
             if docs:
                 self.db.windows.insert_many(docs, ordered=False)
+        if windows and stats and readings:
+            grace = self.settings.analytics_grace_ms * 1_000_000
+            # Without a bound every window is closed and past the allowed lateness.
+            last_ts = (max(r.ts_ns for r in readings) + (max(SIZES) + 3600) * NS_PER_S
+                       if closed_before_ns is None else closed_before_ns + grace)
+            for doc in stats_for(readings, last_ts):
+                self.db.stats.replace_one({"_id": doc["_id"]}, doc, upsert=True)
 
     def results(self, results: list[ScoredResult], *, publish: bool = True) -> None:
         """Stored, then published on MQTT, as the model worker does."""

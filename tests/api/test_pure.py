@@ -8,9 +8,7 @@ from hypothesis import strategies as st
 
 from api.metrics_logic import (
     MetricsRequestError,
-    dedupe_windows,
     parse_metrics_request,
-    plan_cover,
     reading_value,
 )
 from api.pagination import decode_cursor, encode_cursor
@@ -87,40 +85,6 @@ def test_unanswerable_bodies_raise(body: object, message: str) -> None:
         parse_metrics_request(body, max_days=366)
 
 
-def _covered(start: int, end: int, sizes: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    plan = plan_cover(start, end, sizes)
-    spans = list(plan.raw)
-    for w in plan.windows:
-        spans.append((w.first_start_ns, w.end_start_ns))
-        assert w.first_start_ns % (w.size_s * NS_PER_S) == 0
-        assert w.end_start_ns % (w.size_s * NS_PER_S) == 0
-    return sorted(spans)
-
-
-@given(st.integers(0, 10**6), st.integers(0, 10**6), st.integers(-1, 10**6),
-       st.integers(-1, 10**6))
-def test_cover_tiles_the_range_exactly_and_respects_watermarks(a: int, length: int, wm_h: int,
-                                                               wm_m: int) -> None:
-    start, end = (T0 + a * 10**7), (T0 + (a + length) * 10**7)
-    sizes = [(3600, T0 + wm_h * 10**7), (60, T0 + wm_m * 10**7), (10, 2**62)]
-    spans = _covered(start, end, sizes)
-    position = start
-    for lo, hi in spans:
-        assert lo == position and lo < hi
-        position = hi
-    assert position == end or start == end
-    for w in plan_cover(start, end, sizes).windows:
-        watermark = dict(sizes)[w.size_s]
-        assert w.end_start_ns <= watermark
-
-
-def test_cover_of_a_day_needs_few_pieces() -> None:
-    plan = plan_cover(T0 + 1234567, T0 + 86_400 * NS_PER_S + 98765, [
-        (3600, 2**62), (60, 2**62), (10, 2**62)])
-    assert len(plan.windows) <= 5 and len(plan.raw) == 2
-    assert all(hi - lo < 10 * NS_PER_S for lo, hi in plan.raw)
-
-
 def test_reading_value_follows_stream_analytics_fields() -> None:
     vector = {"value": None, "values": {"x": 3.0, "y": 4.0}}
     assert reading_value(vector, None) == 5.0
@@ -130,11 +94,5 @@ def test_reading_value_follows_stream_analytics_fields() -> None:
     assert reading_value({"value": 2.5, "values": {"lux": 2.5, "ir": 1.0}}, None) == 2.5
 
 
-def test_value_windows_win_over_magnitude_windows_of_the_same_slot() -> None:
-    docs = [{"device_id": "d", "size_s": 10, "start_ns": 0, "field": "magnitude", "count": 2},
-            {"device_id": "d", "size_s": 10, "start_ns": 0, "field": "value", "count": 2},
-            {"device_id": "e", "size_s": 10, "start_ns": 0, "field": "magnitude", "count": 1}]
-    kept = dedupe_windows(docs)
-    assert sorted((d["device_id"], d["field"]) for d in kept) == [("d", "value"),
-                                                                  ("e", "magnitude")]
+def test_iso_output_of_the_test_epoch() -> None:
     assert ns_to_iso(T0) == "2025-11-22T03:00:00.000Z"
