@@ -29,7 +29,12 @@ from pymongo import MongoClient
 from api.main import create_app
 from api.metrics_logic import parse_metrics_request
 from api.metrics_store import compute_metrics
-from contracts.clients import async_mongo_client, ensure_topics, kafka_admin, mongo_client
+from contracts.clients import (
+    async_mongo_client,
+    delete_topics,
+    ensure_topics,
+    mongo_client,
+)
 from contracts.collections import READINGS, WINDOWS, ensure_indexes
 from contracts.events import NS_PER_S, Reading, make_event_id, ns_to_iso
 from contracts.settings import Settings, get_settings
@@ -310,7 +315,7 @@ def main() -> None:
     finally:
         server.should_exit = True
         thread.join(15)
-        kafka_admin(settings).delete_topics([topic], operation_timeout=10)
+        delete_topics(settings, [topic])
     target = figures["metrics_24h"]
     figures["targets"] = {"p95_24h_under_50ms_cold": target["cold"]["p95_ms"] < 50,
                           "p95_24h_under_50ms_warm": target["warm"]["p95_ms"] < 50,
