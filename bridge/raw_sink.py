@@ -51,8 +51,8 @@ _PIPELINE_DEPTH = 2
 # on 2,000 or 5,000 (75 vs 81 vs 85 us measured), and the pipeline hides the
 # extra round trips.
 _WRITE_CHUNK = 500
-# How long a revoke waits for the writes in flight before giving their offsets up.
-_REVOKE_WAIT_S = 10.0
+# While a write takes longer than this, the waiting consumer still polls (paused).
+_KEEPALIVE_POLL_S = 1.0
 
 Document = dict[str, Any]
 
@@ -128,12 +128,14 @@ class RawSink:
         self.retrying_since: float | None = None
         self.last_write = time.monotonic()
         self.written = self.duplicates = self.batches = 0
+        self.released = 0  # partitions revoked or lost, for tests and logs
         self._indexes_ready = False
         self._last_lag = 0.0
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sink-write")
         self._pending: collections.deque[tuple[Future[bool], Batch]] = collections.deque()
         self._abandoned = False  # a batch was left unwritten: commit nothing after it
         self._assigned: set[tuple[str, int]] = set()
+        self._last_poll = time.monotonic()
         # (topic, partition) -> offset after the last record consumed, to log gaps.
         self._next_offset: dict[tuple[str, int], int] = {}
 
@@ -184,10 +186,13 @@ class RawSink:
             self._commit_written()
             return True
         messages = self.consumer.consume(self.settings.bridge_sink_batch_size, wait_s)
+        self._last_poll = time.monotonic()
         if not messages:
             return False
         _raise_if_fatal(messages)
         batch = build_batch(messages, self.settings.kafka_topic_readings)
+        if not batch.records:
+            return True  # only errors (logged): nothing to write or commit
         self._check_gaps(batch)
         self._pending.append((self._writer.submit(self._write_until_done, batch, stop), batch))
         return True
@@ -197,6 +202,11 @@ class RawSink:
             return
         if self.mongo_up:
             wait_futures([self._pending[0][0]], timeout=max(seconds, 0.05))
+            if not self._pending[0][0].done() and \
+                    time.monotonic() - self._last_poll > _KEEPALIVE_POLL_S:
+                # A slow write must not keep this member from a rebalance (its
+                # callbacks run only inside a poll) or from max.poll.interval.ms.
+                self._wait_paused(0.0)
         else:
             self._wait_paused(min(max(seconds, 0.05), 1.0))
 
@@ -253,6 +263,7 @@ class RawSink:
         try:
             self.consumer.pause(self.consumer.assignment())
             msg = self.consumer.poll(seconds)
+            self._last_poll = time.monotonic()
             if msg is not None and msg.error() is None and msg.topic() is not None:
                 key = (str(msg.topic()), int(msg.partition() or 0))
                 if key in self._assigned:
@@ -271,11 +282,10 @@ class RawSink:
         log.info("sink partitions assigned", extra={"partitions": sorted(keys)})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Still the owner: what is being written can be committed first.
-        deadline = time.monotonic() + _REVOKE_WAIT_S
-        while self._pending and self.mongo_up and time.monotonic() < deadline:
-            wait_futures([self._pending[0][0]], timeout=0.5)
-            self._commit_written()
+        # Still the owner: what is written already is committed. Writes in
+        # flight are not waited for: blocking the rebalance for them could
+        # outlast max.poll.interval.ms, and their records are simply read again.
+        self._commit_written()
         self._release(partitions, "revoked")
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -284,6 +294,7 @@ class RawSink:
 
     def _release(self, partitions: list[TopicPartition], how: str) -> None:
         keys = {(tp.topic, tp.partition) for tp in partitions}
+        self.released += 1
         dropped = 0
         for _, batch in self._pending:
             for key in keys & batch.offsets.keys():
