@@ -16,6 +16,7 @@ from bridge.raw_sink import Batch, RawSink
 from contracts.clients import kafka_consumer
 from contracts.settings import Settings
 from tests.bridge.test_raw_sink import SinkThread, committed, produce, readings, wait_for
+from tests.faults.harness import service_stopped
 
 pytestmark = pytest.mark.services
 
@@ -28,18 +29,20 @@ class GatedSink(RawSink):
     """Write number i waits for gates[i]: the test decides when a batch in
     flight is written (the write itself goes to the real server)."""
 
-    def __init__(self, settings: Settings, db: Any, gates: list[threading.Event]) -> None:
+    def __init__(self, settings: Settings, db: Any, gates: list[threading.Event],
+                 delay_s: float = 0.0) -> None:
         consumer = kafka_consumer(settings, settings.bridge_sink_group,
                                   **{"session.timeout.ms": _SHORT_MS,
                                      "max.poll.interval.ms": _SHORT_MS,
                                      "heartbeat.interval.ms": "1000"})
         super().__init__(settings, consumer, db)
-        self.gates, self.calls = gates, 0
+        self.gates, self.calls, self.delay_s = gates, 0, delay_s
 
     def _write(self, batch: Batch) -> None:
         call, self.calls = self.calls, self.calls + 1
         if call < len(self.gates):
             assert self.gates[call].wait(60), "gate never opened"
+        time.sleep(self.delay_s)
         super()._write(batch)
 
 
@@ -85,3 +88,34 @@ def test_batches_in_flight_during_a_rebalance_are_not_committed_afterwards(
         if other is not None:
             other.close()
     assert db.readings.count_documents({}) == total
+
+
+@pytest.mark.slow
+def test_membership_lost_in_a_kafka_outage_with_batches_in_flight(
+        services: Settings, mongo: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Scenario (c)'s path with the session shorter than the outage: Kafka
+    stops while writes are in flight, the member's session expires, its
+    partitions are lost and assigned again after Kafka returns. Every record
+    is written, the group ends committed at the end of the topic, and the
+    sink saw no gap in any partition's offsets."""
+    settings = services.model_copy(update={"bridge_sink_batch_size": 50})
+    topic, total = settings.kafka_topic_readings, 1_500
+    produce(settings, topic, [r.to_json() for r in readings(total)])
+    db = mongo[settings.mongo_db]
+    stop = threading.Event()
+    sink = GatedSink(settings, db, [], delay_s=0.2)  # about 250 documents/s: still busy
+    thread = threading.Thread(target=sink.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: sink.calls >= 3, 30, "writes under way")
+        with service_stopped("kafka"):
+            time.sleep(int(_SHORT_MS) / 1000 * 2)
+        # Delivered once Kafka is back: the synchronous commit under way blocks till then.
+        wait_for(lambda: sink.released >= 1, 60, "the membership to be lost")
+        wait_for(lambda: db.readings.count_documents({}) == total
+                 and committed(settings, topic) == total, 120, "everything written and committed")
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not [r for r in caplog.records if r.getMessage() == "sink offset gap"]
+    assert sink.readings.count_documents({}) == total
