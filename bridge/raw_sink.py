@@ -303,8 +303,9 @@ class RawSink:
         self._assigned -= keys
         for key in keys:
             self._next_offset.pop(key, None)
-        log.warning(f"sink partitions {how}", extra={"partitions": sorted(keys),
-                                                     "uncommitted_offsets_dropped": dropped})
+        # A revoke is routine (another member, shutdown); a lost assignment is not.
+        log.log(logging.WARNING if how == "lost" else logging.INFO, f"sink partitions {how}",
+                extra={"partitions": sorted(keys), "uncommitted_offsets_dropped": dropped})
 
     def _check_gaps(self, batch: Batch) -> None:
         """Logs a partition whose records did not follow on from the last ones
