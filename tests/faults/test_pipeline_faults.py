@@ -129,9 +129,9 @@ def _outage(service: str) -> Callable[[], None]:
     "not yet shown reliable: the record the raw sink once skipped (1 of 400, in Kafka, absent "
     "from iot.readings, committed offset past it; seen with the earlier synchronous sink) is "
     "not explained, and one failure in a full-folder run was not diagnosed. Since the sink's "
-    "rebalance handling was hardened it passed 8 of 8 runs, but in none of them did its "
-    "session expire (outage ~36 s < 45 s); the sink now logs 'sink offset gap' if a partition's "
-    "records ever skip an offset"), strict=False)
+    "rebalance handling was hardened it passed 10 of 10 runs, its session expired in only one "
+    "(with no batch in flight), so that path is barely exercised here; the sink now logs "
+    "'sink offset gap' if a partition's records ever skip an offset"), strict=False)
 def test_kafka_down_for_30_s(request: pytest.FixtureRequest, pipeline: Pipeline,
                              mongo: MongoClient[dict[str, Any]]) -> None:
     pipeline.add_bridge("bridge")
