@@ -27,6 +27,7 @@ def sink_with(*batches: tuple[Future[bool], dict[tuple[str, int], int]]) -> tupl
     sink = RawSink(get_settings(), consumer, {"readings": None, "dead_letters": None})  # type: ignore[arg-type]
     for future, offsets in batches:
         sink._pending.append((future, Batch(offsets=offsets)))
+        sink._assigned |= offsets.keys()
     return sink, consumer
 
 
@@ -53,3 +54,25 @@ def test_nothing_after_an_unwritten_batch_is_committed() -> None:
     sink._commit_written()
     assert consumer.commits == [] and sink._abandoned
     assert sink._step(0.0, None) is False  # type: ignore[arg-type]
+
+
+def test_a_revoke_commits_what_is_written_then_drops_the_revoked_partitions() -> None:
+    first, second = Future[bool](), Future[bool]()
+    sink, consumer = sink_with((first, {("r", 0): 10, ("r", 1): 3}), (second, {("r", 0): 20}))
+    first.set_result(True)
+    sink._on_revoke(consumer, [TopicPartition("r", 0)])  # second still being written
+    assert consumer.commits == [[("r", 0, 10), ("r", 1, 3)]] and len(sink._pending) == 1
+    second.set_result(True)
+    sink._commit_written()
+    # r/0 belongs to someone else now: its offset 20 is not committed by this member.
+    assert consumer.commits == [[("r", 0, 10), ("r", 1, 3)]] and not sink._pending
+
+
+def test_a_lost_assignment_commits_nothing_for_its_partitions() -> None:
+    first = Future[bool]()
+    sink, consumer = sink_with((first, {("r", 0): 10, ("r", 1): 3}))
+    sink._on_lost(consumer, [TopicPartition("r", 0), TopicPartition("r", 1)])
+    sink._on_assign(consumer, [TopicPartition("r", 1)])  # r/1 comes back, r/0 does not
+    first.set_result(True)
+    sink._commit_written()
+    assert consumer.commits == [], "committed an offset consumed under the lost assignment"

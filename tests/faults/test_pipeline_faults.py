@@ -126,11 +126,12 @@ def _outage(service: str) -> Callable[[], None]:
 
 @pytest.mark.timeout(360)
 @pytest.mark.xfail(reason=(
-    "not yet reliable: the worker now rebuilds its fenced or hung Kafka clients and recovered "
-    "in all 13 runs, and 11 of 13 passed; once the bridge's raw sink, whose consumer session "
-    "also times out in the ~50 s outage, committed past one record it never wrote (1 of 400 "
-    "missing from iot.readings, present in Kafka), and one failure inside the full-folder "
-    "run was not diagnosed"), strict=False)
+    "not yet shown reliable: the record the raw sink once skipped (1 of 400, in Kafka, absent "
+    "from iot.readings, committed offset past it; seen with the earlier synchronous sink) is "
+    "not explained, and one failure in a full-folder run was not diagnosed. Since the sink's "
+    "rebalance handling was hardened it passed 10 of 10 runs, its session expired in only one "
+    "(with no batch in flight), so that path is barely exercised here; the sink now logs "
+    "'sink offset gap' if a partition's records ever skip an offset"), strict=False)
 def test_kafka_down_for_30_s(request: pytest.FixtureRequest, pipeline: Pipeline,
                              mongo: MongoClient[dict[str, Any]]) -> None:
     pipeline.add_bridge("bridge")
