@@ -26,7 +26,6 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -34,10 +33,9 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from bridge import metrics
+from bridge.sink_batch import Batch, Document, build_batch
 from contracts.collections import DEAD_LETTERS, READINGS, ensure_indexes, insert_idempotent
-from contracts.dead_letters import DeadLetter
-from contracts.errors import SchemaError, ServiceUnavailable
-from contracts.events import Reading
+from contracts.errors import ServiceUnavailable
 from contracts.settings import Settings
 
 log = logging.getLogger("bridge.sink")
@@ -54,20 +52,6 @@ _WRITE_CHUNK = 500
 # While a write takes longer than this, the waiting consumer still polls (paused).
 _KEEPALIVE_POLL_S = 1.0
 
-Document = dict[str, Any]
-
-
-@dataclass
-class Batch:
-    readings: list[Document] = field(default_factory=list)
-    dead_letters: list[Document] = field(default_factory=list)
-    # (topic, partition) -> next offset to read, committed after the write.
-    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
-    # (topic, partition) -> offset of its first record in the batch.
-    starts: dict[tuple[str, int], int] = field(default_factory=dict)
-    records: int = 0
-
-
 def _raise_if_fatal(messages: list[Message]) -> None:
     """A fatal consumer error (librdkafka gives no more records after it) ends
     the sink instead of leaving it polling an empty consumer forever; nothing
@@ -78,45 +62,6 @@ def _raise_if_fatal(messages: list[Message]) -> None:
             log.critical("kafka consumer failed for good; the sink stops",
                          extra={"error": str(error)})
             raise ServiceUnavailable(f"raw sink consumer: {error}") from KafkaException(error)
-
-
-def reading_document(value: bytes) -> Document:
-    return Reading.from_json(value).to_document()
-
-
-def dead_letter_document(value: bytes) -> Document:
-    return DeadLetter.from_json(value).to_document()
-
-
-def build_batch(messages: list[Message], readings_topic: str) -> Batch:
-    """Documents for one batch; a record that is not what its topic promises
-    becomes a dead letter itself rather than blocking the partition."""
-    batch = Batch()
-    for msg in messages:
-        if msg.error() is not None:
-            log.warning("kafka consume error", extra={"error": str(msg.error())})
-            continue
-        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-        if topic is None or partition is None or offset is None:
-            continue
-        value = msg.value() or b""
-        batch.records += 1
-        key = (topic, partition)
-        if key not in batch.offsets:
-            batch.starts[key] = offset
-        batch.offsets[key] = offset + 1
-        try:
-            if topic == readings_topic:
-                batch.readings.append(reading_document(value))
-            else:
-                batch.dead_letters.append(dead_letter_document(value))
-        except SchemaError as exc:
-            metrics.SINK_BAD_RECORDS.inc()
-            letter = DeadLetter(reason="bad_record", message=f"kafka {topic}: {exc}",
-                                topic=f"kafka:{topic}", route=None, codec=None,
-                                payload=value, received_at_ns=time.time_ns())
-            batch.dead_letters.append(letter.to_document())
-    return batch
 
 
 class RawSink:

@@ -12,7 +12,8 @@ import pytest
 from confluent_kafka import Message, TopicPartition
 from pymongo import MongoClient
 
-from bridge.raw_sink import RawSink, build_batch
+from bridge.raw_sink import RawSink
+from bridge.sink_batch import build_batch
 from contracts.clients import kafka_consumer, kafka_producer
 from contracts.collections import DEAD_LETTERS, INDEXES, READINGS, insert_idempotent
 from contracts.dead_letters import DeadLetter

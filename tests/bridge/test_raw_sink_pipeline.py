@@ -9,7 +9,8 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
-from bridge.raw_sink import Batch, RawSink
+from bridge.raw_sink import RawSink
+from bridge.sink_batch import Batch
 from contracts.settings import get_settings
 
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from bridge.raw_sink import Batch, RawSink
+from bridge.raw_sink import RawSink
+from bridge.sink_batch import Batch
 from contracts.clients import kafka_consumer
 from contracts.settings import Settings
 from tests.bridge.test_raw_sink import SinkThread, committed, produce, readings, wait_for
