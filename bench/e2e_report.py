@@ -18,6 +18,9 @@ RESULTS = REPO / "bench" / "results"
 # lag stays bounded and it sustains this share of the offered rate.
 P99_LIMIT_MS = 500.0
 SUSTAINED_SHARE = 0.95
+# The issue's end-to-end targets, which the report measures itself against.
+TARGET_SUSTAINED_PER_S = 10_000
+TARGET_RATIO_VS_SEED = 100
 
 def summary_line(row: dict[str, Any]) -> str:
     if "error" in row:
@@ -81,6 +84,32 @@ def summarise_variant(figures: dict[str, Any], analytics: bool) -> dict[str, Any
     }
 
 
+def bottlenecks(cases: list[dict[str, Any]], summary: dict[str, Any]) -> list[str]:
+    """Per variant, the targets against the figures and, at its highest N, the
+    step that took the largest share of the time: where the limit is."""
+    out = []
+    for analytics in (False, True):
+        variant = [c for c in cases if c["analytics"] == analytics]
+        if not variant:
+            continue
+        v = summary["analytics" if analytics else "scoring"]
+        top = max(variant, key=lambda c: c["devices"])
+        steps = [(share, f"{proc}: {name}") for proc, shares in top["busy_share"].items()
+                 for name, share in shares.items()]
+        share, step = max(steps, default=(0.0, "none measured"))
+        best = v["highest_sustained_per_s"] or 0
+        ratio = v["ratio_sustained_vs_naive"]
+        out.append(
+            f"- {VARIANT_LABEL[analytics]}: highest sustained {best:,.0f} readings/s, "
+            f"{'meets' if best >= TARGET_SUSTAINED_PER_S else 'misses'} the "
+            f"{TARGET_SUSTAINED_PER_S:,}/s target"
+            + (f" by {TARGET_SUSTAINED_PER_S / best:.1f}x" if 0 < best < TARGET_SUSTAINED_PER_S
+               else "")
+            + f"; {ratio}x the seed design (target {TARGET_RATIO_VS_SEED}x). Busiest step at "
+            f"N = {top['devices']:,}: {step}, {share:.2f} s per second.")
+    return out
+
+
 def triple(latency: dict[str, float | None]) -> str:
     return " / ".join("-" if latency[k] is None else f"{latency[k]:,.0f}"
                       for k in ("p50", "p95", "p99"))
@@ -136,6 +165,7 @@ def write_report(figures: dict[str, Any], folder: Path) -> list[Path]:
         f"{naive['sustained_per_s']} readings/s; its subscriber had not forwarded "
         f"{naive['not_forwarded']:,} of {naive['acked']:,} acked readings when it stopped.",
         "\n".join(lines),
+        "\n".join(bottlenecks(cases, summary)),
         "CPU (% of one core over the window) and peak RSS (MB) per process "
         "(+a: with windows/stats):",
         usage,
