@@ -62,24 +62,27 @@ def ensure_topics(settings: Settings, names: list[str], timeout: float = 30.0) -
                for n in names if n not in existing]
     if not missing:
         return
-    for name, future in admin.create_topics(missing, operation_timeout=timeout).items():
-        try:
-            future.result(timeout)
-        except Exception as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise ServiceUnavailable(f"cannot create Kafka topic {name}: {exc}") from exc
+    _await_topics(admin.create_topics(missing, operation_timeout=timeout), timeout,
+                  "create", already="TOPIC_ALREADY_EXISTS")
 
 
 def delete_topics(settings: Settings, names: list[str], timeout: float = 30.0) -> None:
     """Delete topics and wait for it: an unawaited request dies with its admin
     client, and every topic left behind slows the next Kafka start."""
     admin = kafka_admin(settings)
-    for name, future in admin.delete_topics(names, operation_timeout=timeout).items():
+    _await_topics(admin.delete_topics(names, operation_timeout=timeout), timeout,
+                  "delete", already="UNKNOWN_TOPIC_OR_PART")
+
+
+def _await_topics(futures: dict[str, Any], timeout: float, verb: str, already: str) -> None:
+    """Wait for an admin request per topic; the error `already` means the topic
+    is already as asked (created, or gone) and counts as done."""
+    for name, future in futures.items():
         try:
             future.result(timeout)
         except Exception as exc:
-            if "UNKNOWN_TOPIC_OR_PART" not in str(exc):
-                raise ServiceUnavailable(f"cannot delete Kafka topic {name}: {exc}") from exc
+            if already not in str(exc):
+                raise ServiceUnavailable(f"cannot {verb} Kafka topic {name}: {exc}") from exc
 
 
 # A dead MongoDB should surface as an error within seconds, not pymongo's 30 s.
