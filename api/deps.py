@@ -64,11 +64,15 @@ def require_read_token(
     if not expected:
         return
     # ?token= arrives as X-Token (QueryTokenToHeader); `query` serves apps without it.
-    presented = (bearer.credentials if bearer else None) or header or query or ""
+    presented = (bearer.credentials if bearer else None) or header or query
+    check_token(presented, expected, "missing or wrong read token (API_READ_TOKEN)")
+
+
+def check_token(presented: str | None, expected: str, refusal: str) -> None:
+    """401 with `refusal` unless `presented` is `expected` (both API tokens)."""
     # compare_digest: the time taken does not tell how much of a guess was right.
-    if not hmac.compare_digest(presented.encode(), expected.encode()):
-        raise HTTPException(401, "missing or wrong read token (API_READ_TOKEN)",
-                            headers={"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest((presented or "").encode(), expected.encode()):
+        raise HTTPException(401, refusal, headers={"WWW-Authenticate": "Bearer"})
 
 
 ReadAuth = Depends(require_read_token)

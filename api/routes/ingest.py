@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from api.deps import IngestDep, SettingsDep
+from api.deps import IngestDep, SettingsDep, check_token
 from api.ingest import now_ns
 from api.observability import INGEST_REJECTED, INGESTED
 from api.schemas import IngestOut
@@ -52,10 +51,8 @@ async def ingest_sensor_logger(
     (or send `Authorization: Bearer TOKEN`). 200 only once Kafka holds every reading."""
     expected = settings.api_ingest_token.get_secret_value()
     if expected:
-        presented = _presented_token(authorization, x_ingest_token, token) or ""
-        if not hmac.compare_digest(presented.encode(), expected.encode()):
-            raise HTTPException(401, "missing or wrong ingest token",
-                                headers={"WWW-Authenticate": "Bearer"})
+        check_token(_presented_token(authorization, x_ingest_token, token), expected,
+                    "missing or wrong ingest token")
     declared = request.headers.get("content-length", "")
     # Far beyond the codec's limit: refuse before reading it into memory.
     if declared.isdigit() and int(declared) > 4 * settings.bridge_max_payload_bytes:
