@@ -5,7 +5,9 @@
    one `model.predict` per event (a sample of calls timed and extrapolated).
 2. The whole worker through the real services: N readings pre-loaded into a
    bench topic, a `python -m model_worker` subprocess started, timed until its
-   consumer group has committed them all; its peak RSS sampled meanwhile.
+   consumer group has committed them all; its peak RSS and the CPU time of it
+   and of each service sampled meanwhile. Scoring only vs with stream
+   analytics, over >= 3 interleaved rounds and two streams (`worker_rounds`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import pandas as pd
 import psutil
 from confluent_kafka import TopicPartition
 
+from bench.worker_rounds import BARE, JUDGED_ON, STREAMS, report, run_rounds
 from contracts.clients import (
     delete_topics,
     ensure_topics,
@@ -207,18 +210,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--worker-only", action="store_true", help="skip the scoring step")
     parser.add_argument("--events", type=int, help="readings per whole-worker run")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="alternate the whole-worker runs this many times")
-    parser.add_argument("--devices", type=int, default=50, help="devices in the stream")
-    parser.add_argument("--device-period-s", type=float, default=5.0,
-                        help="event-time seconds between one device's readings")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds of the with/without-analytics comparison")
+    parser.add_argument("--streams", default=",".join(STREAMS),
+                        help=f"comma-separated, of {sorted(STREAMS)}")
     parser.add_argument("--baseline", type=Path,
                         help="another checkout (e.g. a git worktree of main) whose worker "
                              "with analytics runs beside this one's, in the same rounds")
     args = parser.parse_args()
-    scoring_events, sample, worker_events = (20_000, 30, 20_000) if args.quick else (
-        200_000, 200, 100_000)
+    scoring_events, sample, worker_events = (20_000, 30, 10_000) if args.quick else (
+        200_000, 200, 40_000)
     worker_events = args.events or worker_events
+    streams = [STREAMS[name] for name in args.streams.split(",")]
     scoring = None
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp)
@@ -233,52 +236,23 @@ def main() -> None:
                   f"{scoring['per_event_events_per_s']} events/s (timed on "
                   f"{scoring['per_event_sample']} events, extrapolated)")
             print(f"ratio: {scoring['ratio']:,}x")
-        # Scoring only, then scoring plus windows and running statistics, in the same run
-        # (and alternated over rounds): the difference is what stream analytics adds to
-        # the worker's per-event cost.
-        variants: list[tuple[str, bool, Path]] = [("scoring only", False, REPO)]
+        # Scoring only, then scoring plus windows and running statistics, in the same
+        # round: the difference is what stream analytics adds to the worker's
+        # per-event cost.
+        variants: list[tuple[str, bool, Path]] = [(BARE, False, REPO)]
         if args.baseline:
             variants.append(("with analytics, baseline", True, args.baseline.resolve()))
         variants.append(("with analytics", True, REPO))
-        rounds: list[dict[str, dict[str, Any]]] = []
-        for _ in range(args.rounds):
-            figures = {label: bench_worker(model_dir, worker_events, timeout_s=170,
-                                           analytics=analytics, repo=repo,
-                                           devices=args.devices,
-                                           period_s=args.device_period_s)
-                       for label, analytics, repo in variants}
-            rounds.append(figures)
-            for label, f in figures.items():
-                durable = (f" (analytics durable after {f['analytics_durable_after_s']} s)"
-                           if f["analytics_durable_after_s"] else "")
-                print(f"whole worker {label}: {f['worker_events_per_s']:,} events/s over "
-                      f"{f['events']:,} events, committed after {f['committed_after_s']} s"
-                      f"{durable}; peak RSS {f['worker_peak_rss_mb']} MB")
-                print(f"  CPU us/event: {f['cpu_us_per_event']}")
-            bare = figures["scoring only"]
-            for label, f in figures.items():
-                if label == "scoring only":
-                    continue
-                added = bare["worker_events_per_s"] / f["worker_events_per_s"] - 1
-                f["analytics_added_cost_pct"] = round(100 * added, 1)
-                durable = bare["worker_events_per_s"] / f["durable_events_per_s"] - 1
-                f["analytics_added_cost_durable_pct"] = round(100 * durable, 1)
-                cpu = {k: round(100 * (v / bare["cpu_us_per_event"][k] - 1), 1)
-                       for k, v in f["cpu_us_per_event"].items()}
-                f["analytics_added_cpu_pct"] = cpu
-                total = sum(f["cpu_us_per_event"].values())
-                f["analytics_added_cpu_all_pct"] = round(
-                    100 * (total / sum(bare["cpu_us_per_event"].values()) - 1), 1)
-                print(f"  {label}: windows and statistics add {added:.1%} to the worker's "
-                      f"per-event time ({durable:.1%} until analytics is durable); CPU per "
-                      f"event: worker +{cpu['worker']}%, worker and services "
-                      f"+{f['analytics_added_cpu_all_pct']}%")
+
+        def run(**kwargs: Any) -> dict[str, Any]:
+            return bench_worker(model_dir, worker_events, timeout_s=170, **kwargs)
+
+        results = run_rounds(run, variants, streams, args.rounds)
+    report(results)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    last = rounds[-1]
-    RESULTS.write_text(orjson.dumps({"scoring": scoring, "worker": last["with analytics"],
-                                     "worker_scoring_only": last["scoring only"],
-                                     "rounds": rounds, "quick": args.quick,
-                                     "cpus": os.cpu_count()},
+    RESULTS.write_text(orjson.dumps({"scoring": scoring, "streams": results,
+                                     "judged_on": JUDGED_ON, "events_per_run": worker_events,
+                                     "quick": args.quick, "cpus": os.cpu_count()},
                                     option=orjson.OPT_INDENT_2).decode())
     print(f"figures written to {RESULTS}")
 
