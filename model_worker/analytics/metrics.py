@@ -23,6 +23,10 @@ STATE_EVENT_IDS = Gauge("worker_analytics_state_event_ids",
 WRITE_SECONDS = Histogram("worker_analytics_write_seconds",
                           "Analytics checkpoint writes (windows, stats, Kafka flush, state)",
                           buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0))
+WRITE_PART_SECONDS = Histogram(
+    "worker_analytics_write_part_seconds",
+    "One part of a checkpoint: windows, stats (MongoDB), flush (Kafka), state (MongoDB)",
+    ["part"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0))
 CHECKPOINTS = Counter("worker_analytics_checkpoints_total",
                       "Checkpoints written (outputs since the previous one, then the state)")
 CAUGHT_UP = Counter("worker_analytics_caught_up_total",
