@@ -61,6 +61,7 @@ class AnalyticsStage:
         # Without a consumer to re-read Kafka, the state must never fall behind
         # the loop's commits: a synchronous checkpoint every batch.
         self.interval_s = settings.analytics_checkpoint_interval_s if replay_consumer else 0.0
+        self.stats_interval_s = settings.analytics_stats_interval_s
         self.score_fields = settings.worker_score_fields
         self.topic = settings.kafka_topic_readings
         self.replay_chunk = settings.worker_batch_size
@@ -68,6 +69,11 @@ class AnalyticsStage:
         self.mqtt_stats_topic = settings.analytics_mqtt_stats_topic
         self.state_prefix = f"{settings.worker_group}|{settings.kafka_topic_readings}"
         self.pending = Pending()
+        # Statistics not yet written to MongoDB, held over checkpoints until the stats
+        # interval is up (by series id, latest wins); the states already written may be
+        # ahead of them, so a loaded state queues all its statistics again (`_load`).
+        self.held_stats: dict[str, dict[str, Any]] = {}
+        self._stats_written_at = time.monotonic()
         self._behind: set[int] = set()  # loaded from a checkpoint: may lag the loop's commits
         self._fresh: set[int] = set()  # no checkpoint yet: starts where the loop starts
         self._checkpointed_at = time.monotonic()
@@ -139,9 +145,9 @@ class AnalyticsStage:
         self._forget(partitions)
 
     def flush(self) -> None:
-        """A synchronous checkpoint of everything applied so far."""
-        if self.pending:
-            self._checkpoint(wait=True)
+        """A synchronous checkpoint of everything applied so far, statistics included."""
+        if self.pending or self.held_stats:
+            self._checkpoint(wait=True, all_stats=True)
         else:
             self.writer.wait()
 
@@ -166,6 +172,11 @@ class AnalyticsStage:
                 state = PartitionState.from_document(doc, now_ns)
                 self._behind.add(partition)
             self.engine.partitions[partition] = state
+            # iot.stats may lag this state (statistics are written less often than
+            # states): write all of the partition's again with the next statistics.
+            self.held_stats.update(
+                (f.series_id, f.stats_document()) for series in state.series.values()
+                for f in series.fields.values())
             log.info("analytics state loaded", extra={
                 "partition": partition, "applied_offset": state.applied_offset,
                 "series": len(state.series)})
@@ -218,16 +229,25 @@ class AnalyticsStage:
         self.pending.partitions |= out.partitions
 
     def _due(self) -> bool:
-        return bool(self.pending) and (
-            time.monotonic() - self._checkpointed_at >= self.interval_s)
+        now = time.monotonic()
+        return (bool(self.pending) or (bool(self.held_stats) and self._stats_due(now))) and (
+            now - self._checkpointed_at >= self.interval_s)
 
-    def _checkpoint(self, *, wait: bool) -> None:
+    def _stats_due(self, now: float) -> bool:
+        return self.interval_s == 0 or now - self._stats_written_at >= self.stats_interval_s
+
+    def _checkpoint(self, *, wait: bool, all_stats: bool = False) -> None:
+        """`all_stats`: write the held statistics too, whenever they were last written."""
         pending, self.pending = self.pending, Pending()
         states = [self.engine.partitions[p].to_document(self.state_id(p))
                   for p in sorted(pending.partitions) if p in self.engine.partitions]
-        self._checkpointed_at = time.monotonic()
-        self.writer.submit(Checkpoint(list(pending.windows.values()),
-                                      list(pending.stats.values()), states), wait=wait)
+        now = self._checkpointed_at = time.monotonic()
+        self.held_stats.update(pending.stats)
+        stats: list[dict[str, Any]] = []
+        if all_stats or self._stats_due(now):
+            stats, self.held_stats = list(self.held_stats.values()), {}
+            self._stats_written_at = now
+        self.writer.submit(Checkpoint(list(pending.windows.values()), stats, states), wait=wait)
 
     def _reset(self) -> None:
         """Forget everything not checkpointed; it is recomputed from the last checkpoint."""
@@ -236,6 +256,7 @@ class AnalyticsStage:
         except Exception as exc:
             log.warning("analytics checkpoint failed", extra={"error": str(exc)[:300]})
         self.pending = Pending()
+        self.held_stats = {}  # recomputed too: a loaded state queues its statistics
         self._forget(list(self.engine.partitions))
 
     def _forget(self, partitions: Iterable[int]) -> None:
