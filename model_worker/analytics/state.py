@@ -2,17 +2,25 @@
 `iot.analytics_state`: the last applied offset together with every series'
 stream time, open and revisable windows, running statistics and the hashes of
 the event ids still inside the allowed lateness. One document per partition,
-replaced whole, so state and offset always change together."""
+replaced whole, so state and offset always change together.
+
+The series are stored packed: one zlib-compressed JSON blob (`packed`) instead
+of nested documents. FerretDB converts every nested field of a document it
+writes; for 500 series the nested form cost ~640 ms of its CPU per checkpoint
+(six ~280 KB documents), the blob ~10-50 ms. Documents of the earlier nested
+form (`series`) still load."""
 
 from __future__ import annotations
 
 import hashlib
 import math
+import zlib
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from contracts.errors import SchemaError
 from contracts.events import NS_PER_S, ns_to_datetime
@@ -131,9 +139,7 @@ class SeriesState:
     fields: dict[str, FieldState] = dataclass_field(default_factory=dict)
 
     def to_state(self) -> dict[str, Any]:
-        # Objects, not [start, blob] pairs: FerretDB stores no nested arrays.
-        seen = [{"start_ns": start,
-                 "hashes": np.fromiter(hashes, dtype=np.uint64, count=len(hashes)).tobytes()}
+        seen = [{"start_ns": start, "hashes": sorted(hashes)}  # sorted: the same state, same bytes
                 for start, hashes in self.seen.items()]
         return {"device_id": self.device_id, "sensor": self.sensor,
                 "stream_ns": self.stream_ns, "seen": seen,
@@ -143,12 +149,16 @@ class SeriesState:
     def from_state(cls, doc: dict[str, Any], partition: int, now_ns: int) -> SeriesState:
         series = cls(doc["device_id"], doc["sensor"], partition, int(doc["stream_ns"]), now_ns)
         for entry in doc["seen"]:
-            series.seen[int(entry["start_ns"])] = set(
-                np.frombuffer(bytes(entry["hashes"]), dtype=np.uint64).tolist())
+            hashes = entry["hashes"]
+            if isinstance(hashes, bytes):  # the nested form: uint64 little-endian
+                hashes = np.frombuffer(hashes, dtype=np.uint64).tolist()
+            series.seen[int(entry["start_ns"])] = set(hashes)
         for fdoc in doc["fields"]:
+            last_value = fdoc["last_value"]  # JSON has no NaN: null
             state = FieldState(series.device_id, series.sensor, fdoc["field"],
                                Moments.from_dict(fdoc["stats"]), int(fdoc["first_ts_ns"]),
-                               int(fdoc["last_ts_ns"]), float(fdoc["last_value"]))
+                               int(fdoc["last_ts_ns"]),
+                               math.nan if last_value is None else float(last_value))
             for wdoc in fdoc["windows"]:
                 window = Window.from_state(wdoc)
                 state.windows.setdefault(window.size_s, {})[window.start_ns] = window
@@ -163,18 +173,27 @@ class PartitionState:
     series: dict[tuple[str, str], SeriesState] = dataclass_field(default_factory=dict)
 
     def to_document(self, doc_id: str) -> dict[str, Any]:
+        # Level 1: a quarter of the bytes for little CPU (zlib releases the GIL).
+        packed = zlib.compress(orjson.dumps([s.to_state() for s in self.series.values()]), 1)
         return {"_id": doc_id, "partition": self.partition,
-                "applied_offset": self.applied_offset,
-                "series": [s.to_state() for s in self.series.values()]}
+                "applied_offset": self.applied_offset, "packed": packed}
 
     @classmethod
     def from_document(cls, doc: dict[str, Any], now_ns: int) -> PartitionState:
         try:
             partition = int(doc["partition"])
             state = cls(partition, int(doc["applied_offset"]))
-            for sdoc in doc["series"]:
+            for sdoc in series_states(doc):
                 series = SeriesState.from_state(sdoc, partition, now_ns)
                 state.series[(series.device_id, series.sensor)] = series
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, zlib.error) as exc:
             raise SchemaError(f"analytics state {doc.get('_id')!r} is malformed: {exc!r}") from exc
         return state
+
+
+def series_states(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The series of a state document, packed or in the earlier nested form."""
+    if "packed" in doc:
+        series: list[dict[str, Any]] = orjson.loads(zlib.decompress(doc["packed"]))
+        return series
+    return list(doc["series"])
