@@ -26,6 +26,7 @@ from pymongo.errors import PyMongoError
 from contracts.collections import insert_or_replace, replace_upsert
 from contracts.errors import EdgepipeError, ServiceUnavailable
 from model_worker.analytics import metrics
+from model_worker.analytics.state import StateSnapshot
 
 FLUSH_TIMEOUT_S = 30.0
 
@@ -46,7 +47,7 @@ class Pending:
 class Checkpoint:
     windows: list[dict[str, Any]]
     stats: list[dict[str, Any]]
-    states: list[dict[str, Any]]
+    states: list[StateSnapshot]
 
 
 class CheckpointWriter:
@@ -141,7 +142,8 @@ class CheckpointWriter:
                                      f", errors {[str(f) for f in failures[:3]]}")
         part("flush")
         try:
-            for doc in checkpoint.states:
+            for snapshot in checkpoint.states:
+                doc = snapshot.document()
                 self.states.replace_one({"_id": doc["_id"]}, doc, upsert=True)
         except PyMongoError as exc:
             raise ServiceUnavailable(f"MongoDB analytics state write: {exc!s:.300}") from exc

@@ -239,7 +239,7 @@ class AnalyticsStage:
     def _checkpoint(self, *, wait: bool, all_stats: bool = False) -> None:
         """`all_stats`: write the held statistics too, whenever they were last written."""
         pending, self.pending = self.pending, Pending()
-        states = [self.engine.partitions[p].to_document(self.state_id(p))
+        states = [self.engine.partitions[p].snapshot(self.state_id(p))
                   for p in sorted(pending.partitions) if p in self.engine.partitions]
         now = self._checkpointed_at = time.monotonic()
         self.held_stats.update(pending.stats)

@@ -3,11 +3,11 @@ multi-axis fields, duplicates and replays, and the merge formula."""
 
 from __future__ import annotations
 
+import base64
 import math
 import random
 from collections.abc import Iterable
 
-import numpy as np
 import pytest
 
 from contracts.errors import ConfigError
@@ -167,6 +167,14 @@ def test_restored_state_continues_exactly() -> None:
     assert restored.partitions[0].to_document("p0") == whole.partitions[0].to_document("p0")
 
 
+def nested_window(packed: list) -> dict:
+    size_s, start, count, mean, m2, lo, hi, first, last, late, revision, emitted, dirty = packed
+    return {"size_s": size_s, "start_ns": start,
+            "moments": Moments(count, mean, m2, lo, hi).to_dict(), "first_ts_ns": first,
+            "last_ts_ns": last, "late_count": late, "revision": revision, "emitted": emitted,
+            "dirty": dirty}
+
+
 def test_state_documents_are_packed_and_the_nested_form_still_loads() -> None:
     engine, feed = AnalyticsEngine(POLICY), Feed()
     run(engine, feed, [reading(t * 0.7, 20.0 + t % 3) for t in range(40)])
@@ -181,9 +189,10 @@ def test_state_documents_are_packed_and_the_nested_form_still_loads() -> None:
     nested["series"] = series_states(packed)
     for series in nested["series"]:
         for entry in series["seen"]:
-            entry["hashes"] = np.array(entry["hashes"], dtype=np.uint64).tobytes()
+            entry["hashes"] = base64.b64decode(entry["hashes"])
         for field in series["fields"]:
             field["last_value"] = math.nan if field["last_value"] is None else field["last_value"]
+            field["windows"] = [nested_window(w) for w in field["windows"]]
     assert PartitionState.from_document(nested, NOW).to_document("p0") == packed
 
 
