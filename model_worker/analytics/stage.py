@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,6 +33,7 @@ from contracts.settings import Settings
 from model_worker.analytics import metrics
 from model_worker.analytics.checkpoint import Checkpoint, CheckpointWriter, Pending
 from model_worker.analytics.engine import AnalyticsEngine, Emissions, WindowPolicy
+from model_worker.analytics.metrics import EmissionCounter
 from model_worker.analytics.replay import committed_offsets, read_range
 from model_worker.analytics.state import PartitionState
 from model_worker.stage import ConsumedBatch
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 WINDOWS_COLLECTION = "windows"
 STATS_COLLECTION = "stats"
 STATE_COLLECTION = "analytics_state"
-LATE_LOG_EVERY_S = 10.0
 
 
 class AnalyticsStage:
@@ -77,8 +76,7 @@ class AnalyticsStage:
         self._behind: set[int] = set()  # loaded from a checkpoint: may lag the loop's commits
         self._fresh: set[int] = set()  # no checkpoint yet: starts where the loop starts
         self._checkpointed_at = time.monotonic()
-        self._late_unlogged = 0
-        self._late_logged_at = 0.0
+        self.counter = EmissionCounter()
 
     def state_id(self, partition: int) -> str:
         return f"{self.state_prefix}|{partition}"
@@ -101,7 +99,7 @@ class AnalyticsStage:
             if isinstance(exc, EdgepipeError):
                 raise
             raise ServiceUnavailable(f"analytics batch not written: {exc}") from exc
-        self._count(out)
+        self.counter.count(out)
 
     def tick(self, now_ns: int) -> None:
         try:
@@ -109,7 +107,7 @@ class AnalyticsStage:
             out = self.engine.idle_close(now_ns)
             if out.windows:
                 self._record(out)
-                self._count(out)
+                self.counter.count(out)
             if self._due():
                 self._checkpoint(wait=self.interval_s == 0)
         except Exception as exc:  # the same windows come again from the last checkpoint
@@ -207,7 +205,7 @@ class AnalyticsStage:
                     out = self.engine.apply(chunk.readings, chunk.partitions, chunk.offsets,
                                             now_ns)
                     self._record(out)
-                    self._count(out)
+                    self.counter.count(out)
                     metrics.CAUGHT_UP.inc(len(chunk))
             self._behind.discard(partition)
 
@@ -274,35 +272,6 @@ class AnalyticsStage:
         for doc, payload in zip(docs, payloads, strict=True):
             topic = template.format(device_id=doc["device_id"], sensor=doc["sensor"])
             self.mqtt.publish(topic, payload, qos=1, retain=True)
-
-    def _count(self, out: Emissions) -> None:
-        emitted = Counter((w.size_s, why) for w, why in zip(out.windows, out.closed_by,
-                                                             strict=True))
-        for (size_s, why), count in emitted.items():
-            metrics.WINDOWS_EMITTED.labels(size_s=str(size_s), closed_by=why).inc(count)
-        for window, why in zip(out.windows, out.closed_by, strict=True):
-            if window.revision:
-                metrics.WINDOW_REVISIONS.inc()
-                log.info("window revised", extra={"window": window.id,
-                                                  "revision": window.revision,
-                                                  "count": window.moments.count})
-            elif why == "idle":
-                log.info("window closed by idle timeout", extra={"window": window.id})
-        metrics.DUPLICATES.inc(out.duplicates)
-        metrics.REPLAYED.inc(out.replayed)
-        metrics.INVALID_VALUES.inc(out.invalid)
-        if out.invalid:
-            log.warning("non-finite values skipped", extra={"count": out.invalid})
-        if out.too_late:
-            metrics.LATE_DROPPED.inc(len(out.too_late))
-            self._late_unlogged += len(out.too_late)
-            now = time.monotonic()
-            if now - self._late_logged_at >= LATE_LOG_EVERY_S:
-                example = out.too_late[0]
-                log.warning("readings later than the allowed lateness, not applied", extra={
-                    "count": self._late_unlogged, "example_event_id": example.event_id,
-                    "example_device": example.device_id, "example_sensor": example.sensor})
-                self._late_unlogged, self._late_logged_at = 0, now
 
 
 def _first_offsets(batch: ConsumedBatch) -> dict[int, int]:
