@@ -12,8 +12,9 @@ With `--writes` (needs the local services) it measures instead the stage with
 its writes to the real MongoDB-wire server, Kafka and MQTT, as the worker runs
 it (batches of one partition's readings), alternating a checkpoint every batch
 (ANALYTICS_CHECKPOINT_INTERVAL_S=0, the earlier per-batch writes) with the
-default checkpoints: readings/s, CPU of this process and of the MongoDB-wire
-server per reading, until the last checkpoint is written.
+default checkpoints: readings/s, CPU per reading of this process and of the
+MongoDB-wire server, Kafka and Mosquitto, and the wall time of each checkpoint
+part (windows, stats, flush, state), until the last checkpoint is written.
 """
 
 from __future__ import annotations
