@@ -3,7 +3,9 @@ on each batch and writes what it produced.
 
 Per batch, the closed windows and the changed statistics go out on MQTT (live)
 and the windows are queued for Kafka; every ANALYTICS_CHECKPOINT_INTERVAL_S a
-checkpoint writes the windows and statistics since the last one to MongoDB,
+checkpoint writes the windows since the last one to MongoDB (and the
+statistics changed since they were last written, every
+ANALYTICS_STATS_INTERVAL_S: an upsert per series is FerretDB's dearest write),
 flushes Kafka, and only then replaces each changed partition's state document
 - holding its last applied offset (`checkpoint.py`). A crash loses at most what
 came after the last checkpoint: on start the state is loaded, readings at
