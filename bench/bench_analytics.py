@@ -12,8 +12,9 @@ With `--writes` (needs the local services) it measures instead the stage with
 its writes to the real MongoDB-wire server, Kafka and MQTT, as the worker runs
 it (batches of one partition's readings), alternating a checkpoint every batch
 (ANALYTICS_CHECKPOINT_INTERVAL_S=0, the earlier per-batch writes) with the
-default checkpoints: readings/s, CPU of this process and of the MongoDB-wire
-server per reading, until the last checkpoint is written.
+default checkpoints: readings/s, CPU per reading of this process and of the
+MongoDB-wire server, Kafka and Mosquitto, and the wall time of each checkpoint
+part (windows, stats, flush, state), until the last checkpoint is written.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from prometheus_client import REGISTRY
 
+from bench.bench_worker import cpu_seconds, service_processes
 from bench.bench_worker import make_readings as stream
-from bench.bench_worker import service_processes
 from contracts.clients import (
     ensure_topics,
     kafka_admin,
@@ -105,9 +107,16 @@ def partition_batches(readings: list[Reading], batch_size: int,
     return batches
 
 
+def write_parts() -> dict[str, float]:
+    """Seconds spent so far in each part of the stage's checkpoints (its metrics)."""
+    return {part: REGISTRY.get_sample_value("worker_analytics_write_part_seconds_sum",
+                                            {"part": part}) or 0.0
+            for part in ("windows", "stats", "flush", "state")}
+
+
 def bench_writes(events: int, devices: int, period_s: float, rounds: int) -> dict[str, Any]:
     base = get_settings()
-    mongo = service_processes()["mongo"]
+    services = service_processes()
     readings = stream(events, devices, period_s)
     figures: dict[str, Any] = {"events": events, "devices": devices, "device_period_s": period_s}
     for round_no in range(rounds):
@@ -128,14 +137,16 @@ def bench_writes(events: int, devices: int, period_s: float, rounds: int) -> dic
             stage = AnalyticsStage(settings, kafka_producer(settings), client[settings.mongo_db],
                                    mqtt, replay_consumer=kafka_consumer(settings, f"b-{tag}"))
             batches = partition_batches(readings, settings.worker_batch_size)
-            mongo_cpu = sum(mongo.cpu_times()[:2])
+            services_cpu = cpu_seconds(services)
+            parts = write_parts()
             cpu, started = time.process_time(), time.perf_counter()
             for batch in batches:
                 stage.handle(batch, time.time_ns())
             stage.close()
             elapsed = time.perf_counter() - started
             cpu = time.process_time() - cpu
-            mongo_cpu = sum(mongo.cpu_times()[:2]) - mongo_cpu
+            services_cpu = {k: v - services_cpu[k] for k, v in cpu_seconds(services).items()}
+            parts = {k: v - parts[k] for k, v in write_parts().items()}
             mqtt.loop_stop()
             mqtt.disconnect()
             client.drop_database(settings.mongo_db)
@@ -143,11 +154,17 @@ def bench_writes(events: int, devices: int, period_s: float, rounds: int) -> dic
             kafka_admin(settings).delete_topics([settings.kafka_topic_windows])
             result = {"readings_per_s": round(events / elapsed),
                       "process_cpu_us_per_reading": round(1e6 * cpu / events, 1),
-                      "mongo_cpu_us_per_reading": round(1e6 * mongo_cpu / events, 1)}
+                      **{f"{k}_cpu_us_per_reading": round(1e6 * v / events, 1)
+                         for k, v in services_cpu.items()},
+                      # Wall time of each checkpoint part (on the checkpoint thread).
+                      "checkpoint_part_s": {k: round(v, 3) for k, v in parts.items()}}
             figures.setdefault(label, []).append(result)
             print(f"round {round_no + 1}, {label}: {result['readings_per_s']:,} readings/s; "
                   f"CPU per reading: this process {result['process_cpu_us_per_reading']} us, "
-                  f"MongoDB-wire server {result['mongo_cpu_us_per_reading']} us")
+                  f"MongoDB-wire server {result['mongo_cpu_us_per_reading']} us, Kafka "
+                  f"{result['kafka_cpu_us_per_reading']} us, Mosquitto "
+                  f"{result['mosquitto_cpu_us_per_reading']} us; checkpoint parts (s) "
+                  f"{result['checkpoint_part_s']}")
     return figures
 
 

@@ -5,7 +5,9 @@
    one `model.predict` per event (a sample of calls timed and extrapolated).
 2. The whole worker through the real services: N readings pre-loaded into a
    bench topic, a `python -m model_worker` subprocess started, timed until its
-   consumer group has committed them all; its peak RSS sampled meanwhile.
+   consumer group has committed them all; its peak RSS and the CPU time of it
+   and of each service sampled meanwhile. Scoring only vs with stream
+   analytics, over >= 3 interleaved rounds and two streams (`worker_rounds`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -25,6 +28,7 @@ import pandas as pd
 import psutil
 from confluent_kafka import TopicPartition
 
+from bench.worker_rounds import BARE, JUDGED_ON, PACED_EVENTS, STREAMS, report, run_rounds
 from contracts.clients import (
     delete_topics,
     ensure_topics,
@@ -42,12 +46,14 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "bench_worker.json"
 
 
-def make_readings(count: int, devices: int = 50, period_s: float = 5.0) -> list[Reading]:
+def make_readings(count: int, devices: int = 50, period_s: float = 5.0,
+                  live: bool = False) -> list[Reading]:
     """Round robin over `devices`, each sending one reading every `period_s` of
     event time (the default: 2 readings per 10 s window, 0.58 windows closed per
-    reading over the three default sizes, a window-heavy stream)."""
+    reading over the three default sizes, a window-heavy stream). Event times
+    end now, or with `live` start in a second (to be sent as they fall due)."""
     step = round(period_s * 1e9 / devices)
-    start = time.time_ns() - count * step
+    start = time.time_ns() + 10**9 if live else time.time_ns() - count * step
     out = []
     for i in range(count):
         device, ts_ns = f"bench-{i % devices}", start + i * step
@@ -119,15 +125,41 @@ def cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
 
 
 def analytics_covered(settings: Any, db_name: str) -> int:
-    """Readings the analytics state documents say are applied and durable."""
+    """Readings that both the analytics state documents and `iot.stats` cover
+    (statistics are written less often than states)."""
     with mongo_client(settings) as client:
-        return sum(int(d["applied_offset"]) + 1
-                   for d in client[db_name]["analytics_state"].find({}, {"applied_offset": 1}))
+        db = client[db_name]
+        state = sum(int(d["applied_offset"]) + 1
+                    for d in db["analytics_state"].find({}, {"applied_offset": 1}))
+        stats = sum(int(d["count"]) for d in db["stats"].find({}, {"count": 1}))
+        return min(state, stats)
+
+
+def produce_all(producer: Any, topic: str, readings: list[Reading], step_ns: int = 0) -> None:
+    """With `step_ns`, paced: each reading sent when the wall clock reaches its
+    event time (`make_readings` with `live`), as devices would send them."""
+    for reading in readings:
+        if step_ns:
+            ahead = (reading.ts_ns - time.time_ns()) / 1e9
+            if ahead > 0:
+                producer.poll(0)
+                time.sleep(ahead)
+        while True:
+            try:
+                producer.produce(topic, reading.to_json(), reading.device_id.encode())
+                break
+            except BufferError:
+                producer.poll(0.1)
+    producer.flush(60)
 
 
 def bench_worker(model_dir: Path, events: int, timeout_s: float, analytics: bool,
-                 repo: Path = REPO, devices: int = 50, period_s: float = 5.0) -> dict[str, Any]:
-    """`repo` is the checkout whose worker runs (another one: a baseline to compare)."""
+                 repo: Path = REPO, devices: int = 50, period_s: float = 5.0,
+                 paced: bool = False) -> dict[str, Any]:
+    """`repo` is the checkout whose worker runs (another one: a baseline to compare).
+    Pre-loaded, the worker runs flat out; `paced`: the readings are sent at the
+    stream's own rate while the worker runs, so costs that come per second
+    (checkpoints) weigh per reading as in operation."""
     settings = get_settings()
     tag = uuid.uuid4().hex[:8]
     topics = {"KAFKA_TOPIC_READINGS": f"bench.{tag}.readings",
@@ -135,16 +167,11 @@ def bench_worker(model_dir: Path, events: int, timeout_s: float, analytics: bool
               "KAFKA_TOPIC_ANALYTICS": f"bench.{tag}.analytics",
               "KAFKA_TOPIC_WINDOWS": f"bench.{tag}.readings.windows"}
     ensure_topics(settings, list(topics.values()))
-    producer = kafka_producer(settings, **{"linger.ms": 50, "batch.num.messages": 10_000})
-    for reading in make_readings(events, devices, period_s):
-        while True:
-            try:
-                producer.produce(topics["KAFKA_TOPIC_READINGS"], reading.to_json(),
-                                 reading.device_id.encode())
-                break
-            except BufferError:
-                producer.poll(0.1)
-    producer.flush(60)
+    producer = kafka_producer(settings, **{"linger.ms": 5 if paced else 50,
+                                           "batch.num.messages": 10_000})
+    if not paced:
+        produce_all(producer, topics["KAFKA_TOPIC_READINGS"],
+                    make_readings(events, devices, period_s))
     group = f"bench-worker-{tag}"
     env = {**os.environ, **topics, "MODEL_PATH": str(model_dir), "WORKER_GROUP": group,
            "MONGO_DB": f"bench_{tag}", "WORKER_HTTP_PORT": "0", "LOG_LEVEL": "WARNING",
@@ -162,6 +189,11 @@ def bench_worker(model_dir: Path, events: int, timeout_s: float, analytics: bool
     # shared machine a steadier measure of per-event cost than the wall clock.
     processes = {"worker": psutil.Process(proc.pid), **service_processes()}
     cpu_first = cpu_seconds(processes)
+    sender = threading.Thread(target=produce_all, daemon=True, args=(
+        producer, topics["KAFKA_TOPIC_READINGS"],
+        make_readings(events, devices, period_s, live=True), round(period_s * 1e9 / devices)))
+    if paced:
+        sender.start()
     try:
         while time.monotonic() - started < timeout_s and done < events:
             peak_rss = max(peak_rss, processes["worker"].memory_info().rss)
@@ -173,16 +205,19 @@ def bench_worker(model_dir: Path, events: int, timeout_s: float, analytics: bool
             time.sleep(0.25)
         elapsed = time.monotonic() - first_at
         # Analytics checkpoints lag the loop's commits by up to the checkpoint
-        # interval: also time until its state says every reading is durable.
+        # interval, statistics by up to theirs: also time until the state and
+        # iot.stats say every reading is durable.
         covered = 0
         while analytics and covered < events and time.monotonic() - started < timeout_s:
             covered = analytics_covered(settings, f"bench_{tag}")
-            time.sleep(0.1)
+            time.sleep(0.5)  # each poll costs the MongoDB-wire server a scan of both
         durable = time.monotonic() - first_at
         cpu_used = {k: v - cpu_first[k] for k, v in cpu_seconds(processes).items()}
     finally:
         proc.terminate()
         _, stderr = proc.communicate(timeout=30)
+        if paced:
+            sender.join(timeout=60)
         delete_topics(settings, list(topics.values()))
         with mongo_client(settings) as client:
             client.drop_database(f"bench_{tag}")
@@ -190,7 +225,7 @@ def bench_worker(model_dir: Path, events: int, timeout_s: float, analytics: bool
         raise SystemExit(f"worker committed {done}/{events} in {timeout_s}s:\n{stderr[-2000:]!r}")
     if analytics and covered < events:
         raise SystemExit(f"analytics state covers {covered}/{events} in {timeout_s}s")
-    return {"events": events, "devices": devices, "device_period_s": period_s,
+    return {"events": events, "devices": devices, "device_period_s": period_s, "paced": paced,
             "committed_after_s": round(elapsed, 2),
             "analytics_durable_after_s": round(durable, 2) if analytics else None,
             # Until analytics has checkpointed everything too (scoring only: = the commits).
@@ -207,18 +242,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--worker-only", action="store_true", help="skip the scoring step")
     parser.add_argument("--events", type=int, help="readings per whole-worker run")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="alternate the whole-worker runs this many times")
-    parser.add_argument("--devices", type=int, default=50, help="devices in the stream")
-    parser.add_argument("--device-period-s", type=float, default=5.0,
-                        help="event-time seconds between one device's readings")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds of the with/without-analytics comparison")
+    parser.add_argument("--streams", default=",".join(STREAMS),
+                        help=f"comma-separated, of {sorted(STREAMS)}")
     parser.add_argument("--baseline", type=Path,
                         help="another checkout (e.g. a git worktree of main) whose worker "
                              "with analytics runs beside this one's, in the same rounds")
     args = parser.parse_args()
-    scoring_events, sample, worker_events = (20_000, 30, 20_000) if args.quick else (
-        200_000, 200, 100_000)
+    scoring_events, sample, worker_events = (20_000, 30, 10_000) if args.quick else (
+        200_000, 200, 40_000)
     worker_events = args.events or worker_events
+    streams = [STREAMS[name] for name in args.streams.split(",")]
     scoring = None
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp)
@@ -233,52 +268,25 @@ def main() -> None:
                   f"{scoring['per_event_events_per_s']} events/s (timed on "
                   f"{scoring['per_event_sample']} events, extrapolated)")
             print(f"ratio: {scoring['ratio']:,}x")
-        # Scoring only, then scoring plus windows and running statistics, in the same run
-        # (and alternated over rounds): the difference is what stream analytics adds to
-        # the worker's per-event cost.
-        variants: list[tuple[str, bool, Path]] = [("scoring only", False, REPO)]
+        # Scoring only, then scoring plus windows and running statistics, in the same
+        # round: the difference is what stream analytics adds to the worker's
+        # per-event cost.
+        variants: list[tuple[str, bool, Path]] = [(BARE, False, REPO)]
         if args.baseline:
             variants.append(("with analytics, baseline", True, args.baseline.resolve()))
         variants.append(("with analytics", True, REPO))
-        rounds: list[dict[str, dict[str, Any]]] = []
-        for _ in range(args.rounds):
-            figures = {label: bench_worker(model_dir, worker_events, timeout_s=170,
-                                           analytics=analytics, repo=repo,
-                                           devices=args.devices,
-                                           period_s=args.device_period_s)
-                       for label, analytics, repo in variants}
-            rounds.append(figures)
-            for label, f in figures.items():
-                durable = (f" (analytics durable after {f['analytics_durable_after_s']} s)"
-                           if f["analytics_durable_after_s"] else "")
-                print(f"whole worker {label}: {f['worker_events_per_s']:,} events/s over "
-                      f"{f['events']:,} events, committed after {f['committed_after_s']} s"
-                      f"{durable}; peak RSS {f['worker_peak_rss_mb']} MB")
-                print(f"  CPU us/event: {f['cpu_us_per_event']}")
-            bare = figures["scoring only"]
-            for label, f in figures.items():
-                if label == "scoring only":
-                    continue
-                added = bare["worker_events_per_s"] / f["worker_events_per_s"] - 1
-                f["analytics_added_cost_pct"] = round(100 * added, 1)
-                durable = bare["worker_events_per_s"] / f["durable_events_per_s"] - 1
-                f["analytics_added_cost_durable_pct"] = round(100 * durable, 1)
-                cpu = {k: round(100 * (v / bare["cpu_us_per_event"][k] - 1), 1)
-                       for k, v in f["cpu_us_per_event"].items()}
-                f["analytics_added_cpu_pct"] = cpu
-                total = sum(f["cpu_us_per_event"].values())
-                f["analytics_added_cpu_all_pct"] = round(
-                    100 * (total / sum(bare["cpu_us_per_event"].values()) - 1), 1)
-                print(f"  {label}: windows and statistics add {added:.1%} to the worker's "
-                      f"per-event time ({durable:.1%} until analytics is durable); CPU per "
-                      f"event: worker +{cpu['worker']}%, worker and services "
-                      f"+{f['analytics_added_cpu_all_pct']}%")
+
+        def run(*, paced: bool, **kwargs: Any) -> dict[str, Any]:
+            paced_events = worker_events // 4 if args.quick else PACED_EVENTS
+            events = paced_events if paced else worker_events
+            return bench_worker(model_dir, events, timeout_s=170, paced=paced, **kwargs)
+
+        results = run_rounds(run, variants, streams, args.rounds)
+    report(results)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    last = rounds[-1]
-    RESULTS.write_text(orjson.dumps({"scoring": scoring, "worker": last["with analytics"],
-                                     "worker_scoring_only": last["scoring only"],
-                                     "rounds": rounds, "quick": args.quick,
-                                     "cpus": os.cpu_count()},
+    RESULTS.write_text(orjson.dumps({"scoring": scoring, "streams": results,
+                                     "judged_on": JUDGED_ON, "events_per_run": worker_events,
+                                     "quick": args.quick, "cpus": os.cpu_count()},
                                     option=orjson.OPT_INDENT_2).decode())
     print(f"figures written to {RESULTS}")
 

@@ -125,6 +125,12 @@ class Settings(BaseSettings):
     # windows topic flushed, then the state with its offsets); after a crash the readings
     # since the last one are read again from Kafka. 0: a synchronous checkpoint every batch.
     analytics_checkpoint_interval_s: float = Field(2.0, ge=0)
+    # Seconds between writes of the statistics to MongoDB `iot.stats`, at a checkpoint (and
+    # always on revoke and shutdown); MQTT still gets every update. FerretDB pays ~0.5-1 ms
+    # per replaced document, so with many series writing them at every checkpoint costs
+    # more than everything else analytics does. 0: at every checkpoint. Ignored when the
+    # checkpoint interval is 0.
+    analytics_stats_interval_s: float = Field(10.0, ge=0)
     # Readings kept inside each smallest-size window document (0: none), so the API answers
     # a range edge inside it without a raw range query; fuller windows carry none.
     analytics_window_points_max: int = Field(100, ge=0)

@@ -1,5 +1,6 @@
 """The pure analytics step: readings in, closed windows and statistics updates
-out. No client library; the stage does the I/O.
+out. No client library; the stage does the I/O. The policy and output types
+are in `policy.py`, the merging of batch groups into windows in `merge.py`.
 
 Semantics, per (device, sensor) series:
 - stream time = the latest event time accepted so far;
@@ -14,18 +15,15 @@ Semantics, per (device, sensor) series:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from contracts.errors import ConfigError
-from contracts.events import NS_PER_MS, NS_PER_S, Reading
-from contracts.settings import Settings
-from contracts.windows import MAGNITUDE_FIELD, SCALAR_FIELD, Moments, WindowRecord
+from contracts.events import NS_PER_S, Reading
+from contracts.windows import Moments
+from model_worker.analytics.merge import merge_children, merge_points, merge_windows
+from model_worker.analytics.policy import Emissions, WindowPolicy, reading_fields
 from model_worker.analytics.reduce import (
-    GroupMoments,
     SortedEntries,
     reduce_series,
     reduce_windows,
@@ -39,62 +37,7 @@ from model_worker.analytics.state import (
     event_hash,
 )
 
-
-@dataclass(slots=True, frozen=True)
-class WindowPolicy:
-    sizes_s: tuple[int, ...]
-    grace_ns: int
-    lateness_ns: int
-    idle_ns: int
-    points_max: int = 0  # readings kept in each smallest-size window (see Window.points)
-    children: bool = False  # larger windows keep their next smaller windows' moments
-
-    def __post_init__(self) -> None:
-        if not self.sizes_s or min(self.sizes_s) <= 0:
-            raise ConfigError(f"window sizes must be positive seconds, got {self.sizes_s}")
-        # Larger windows must be unions of base windows: then a reading accepted
-        # for its base window is also within lateness for every larger one.
-        if any(size % self.sizes_s[0] for size in self.sizes_s):
-            raise ConfigError(f"window sizes {self.sizes_s} must be multiples of the smallest")
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> WindowPolicy:
-        return cls(tuple(sorted(set(settings.analytics_window_sizes_s))),
-                   settings.analytics_grace_ms * NS_PER_MS,
-                   settings.analytics_allowed_lateness_s * NS_PER_S,
-                   int(settings.analytics_idle_timeout_s * NS_PER_S),
-                   settings.analytics_window_points_max, settings.analytics_window_children)
-
-    @property
-    def base_ns(self) -> int:
-        return self.sizes_s[0] * NS_PER_S
-
-
-@dataclass(slots=True)
-class Emissions:
-    """What a step produced: windows to write (with why each closed), series
-    whose statistics changed, partitions whose state must be saved, and counts."""
-
-    windows: list[WindowRecord] = field(default_factory=list)
-    closed_by: list[str] = field(default_factory=list)
-    stats: list[FieldState] = field(default_factory=list)
-    partitions: set[int] = field(default_factory=set)
-    too_late: list[Reading] = field(default_factory=list)
-    duplicates: int = 0
-    replayed: int = 0
-    invalid: int = 0
-
-
-def reading_fields(reading: Reading) -> list[tuple[str, float]]:
-    fields: list[tuple[str, float]] = []
-    if reading.value is not None:
-        fields.append((SCALAR_FIELD, reading.value))
-    if reading.values:
-        fields.extend(reading.values.items())
-        fields.append((MAGNITUDE_FIELD, math.sqrt(math.fsum(v * v for v in
-                                                            reading.values.values()))))
-    return fields
-
+__all__ = ["AnalyticsEngine", "Emissions", "WindowPolicy", "reading_fields"]
 
 class AnalyticsEngine:
     def __init__(self, policy: WindowPolicy) -> None:
@@ -199,12 +142,12 @@ class AnalyticsEngine:
         by_size = []
         for size_s in self.policy.sizes_s:
             groups = reduce_windows(entries, size_s * NS_PER_S, self.policy.grace_ns)
-            self._merge_windows(fields_list, groups, size_s)
+            merge_windows(self.policy, fields_list, groups, size_s)
             by_size.append(groups)
         if self.policy.points_max:
-            self._merge_points(fields_list, entries)
+            merge_points(self.policy, fields_list, entries)
         if self.policy.children:
-            self._merge_children(fields_list, by_size)
+            merge_children(self.policy, fields_list, by_size)
         groups = reduce_series(entries)
         for fpos, count, mean, m2, lo, hi, first, last, last_value in zip(
                 groups.field_idx.tolist(), groups.count.tolist(), groups.mean.tolist(),
@@ -218,69 +161,6 @@ class AnalyticsEngine:
             if last >= state.last_ts_ns:
                 state.last_ts_ns, state.last_value = last, last_value
             out.stats.append(state)
-
-    def _merge_windows(self, fields_list: list[FieldState], groups: GroupMoments,
-                       size_s: int) -> None:
-        sizes = self.policy.sizes_s
-        detail = size_s == sizes[0] and self.policy.points_max > 0
-        child_s = max((s for s in sizes if s < size_s), default=0)
-        nested = self.policy.children and child_s > 0 and size_s % child_s == 0
-        for fpos, start, count, mean, m2, lo, hi, first, last, late in zip(
-                groups.field_idx.tolist(), groups.start_ns.tolist(), groups.count.tolist(),
-                groups.mean.tolist(), groups.m2.tolist(), groups.min.tolist(),
-                groups.max.tolist(), groups.first_ts_ns.tolist(), groups.last_ts_ns.tolist(),
-                groups.late.tolist(), strict=True):
-            by_start = fields_list[fpos].windows.setdefault(size_s, {})
-            moments = Moments(count, mean, m2, lo, hi)
-            window = by_start.get(start)
-            if window is None:
-                # New windows start with empty detail; reloaded ones keep None.
-                by_start[start] = Window(size_s, start, moments, first, last, late,
-                                         points=[] if detail else None,
-                                         children={} if nested else None,
-                                         children_size_s=child_s if nested else 0)
-                continue
-            window.moments.merge(moments)
-            window.first_ts_ns = min(window.first_ts_ns, first)
-            window.last_ts_ns = max(window.last_ts_ns, last)
-            window.late_count += late
-            window.dirty = True
-
-    def _merge_points(self, fields_list: list[FieldState], entries: SortedEntries) -> None:
-        """Append the batch's readings to their smallest-size windows; a window
-        over the cap keeps none."""
-        base, cap = self.policy.base_ns, self.policy.points_max
-        fidx, ts, values = entries.field_idx, entries.ts_ns, entries.values
-        start = ts - ts % base
-        # Entries are sorted by field then time, so each window is one run.
-        heads = np.flatnonzero(np.r_[True, (fidx[1:] != fidx[:-1]) | (start[1:] != start[:-1])])
-        tails = np.append(heads[1:], fidx.size)
-        ts_list, value_list = ts.tolist(), values.tolist()
-        for head, tail in zip(heads.tolist(), tails.tolist(), strict=True):
-            window = fields_list[int(fidx[head])].windows[self.policy.sizes_s[0]][int(start[head])]
-            if window.points is None:
-                continue
-            window.points.extend(zip(ts_list[head:tail], value_list[head:tail], strict=True))
-            if len(window.points) > cap:
-                window.points = None
-
-    def _merge_children(self, fields_list: list[FieldState], by_size: list[GroupMoments]) -> None:
-        """Merge each batch group of one size into its window of the next larger
-        size, when that size is a multiple of it (else that size keeps none)."""
-        sizes = self.policy.sizes_s
-        for level in range(1, len(sizes)):
-            if sizes[level] % sizes[level - 1]:
-                continue
-            step = sizes[level] * NS_PER_S
-            groups = by_size[level - 1]
-            for fpos, start, count, mean, m2, lo, hi in zip(
-                    groups.field_idx.tolist(), groups.start_ns.tolist(), groups.count.tolist(),
-                    groups.mean.tolist(), groups.m2.tolist(), groups.min.tolist(),
-                    groups.max.tolist(), strict=True):
-                parent = fields_list[fpos].windows[sizes[level]][start - start % step]
-                if parent.children is not None:
-                    parent.children.setdefault(start, Moments()).merge(
-                        Moments(count, mean, m2, lo, hi))
 
     def _close(self, series: SeriesState, out: Emissions) -> None:
         """Emit windows the stream time closed; forget windows and event ids

@@ -3,7 +3,9 @@ on each batch and writes what it produced.
 
 Per batch, the closed windows and the changed statistics go out on MQTT (live)
 and the windows are queued for Kafka; every ANALYTICS_CHECKPOINT_INTERVAL_S a
-checkpoint writes the windows and statistics since the last one to MongoDB,
+checkpoint writes the windows since the last one to MongoDB (and the
+statistics changed since they were last written, every
+ANALYTICS_STATS_INTERVAL_S: an upsert per series is FerretDB's dearest write),
 flushes Kafka, and only then replaces each changed partition's state document
 - holding its last applied offset (`checkpoint.py`). A crash loses at most what
 came after the last checkpoint: on start the state is loaded, readings at
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,6 +35,7 @@ from contracts.settings import Settings
 from model_worker.analytics import metrics
 from model_worker.analytics.checkpoint import Checkpoint, CheckpointWriter, Pending
 from model_worker.analytics.engine import AnalyticsEngine, Emissions, WindowPolicy
+from model_worker.analytics.metrics import EmissionCounter
 from model_worker.analytics.replay import committed_offsets, read_range
 from model_worker.analytics.state import PartitionState
 from model_worker.stage import ConsumedBatch
@@ -43,7 +45,6 @@ log = logging.getLogger(__name__)
 WINDOWS_COLLECTION = "windows"
 STATS_COLLECTION = "stats"
 STATE_COLLECTION = "analytics_state"
-LATE_LOG_EVERY_S = 10.0
 
 
 class AnalyticsStage:
@@ -61,6 +62,7 @@ class AnalyticsStage:
         # Without a consumer to re-read Kafka, the state must never fall behind
         # the loop's commits: a synchronous checkpoint every batch.
         self.interval_s = settings.analytics_checkpoint_interval_s if replay_consumer else 0.0
+        self.stats_interval_s = settings.analytics_stats_interval_s
         self.score_fields = settings.worker_score_fields
         self.topic = settings.kafka_topic_readings
         self.replay_chunk = settings.worker_batch_size
@@ -68,11 +70,15 @@ class AnalyticsStage:
         self.mqtt_stats_topic = settings.analytics_mqtt_stats_topic
         self.state_prefix = f"{settings.worker_group}|{settings.kafka_topic_readings}"
         self.pending = Pending()
+        # Statistics not yet written to MongoDB, held over checkpoints until the stats
+        # interval is up (by series id, latest wins); the states already written may be
+        # ahead of them, so a loaded state queues all its statistics again (`_load`).
+        self.held_stats: dict[str, dict[str, Any]] = {}
+        self._stats_written_at = time.monotonic()
         self._behind: set[int] = set()  # loaded from a checkpoint: may lag the loop's commits
         self._fresh: set[int] = set()  # no checkpoint yet: starts where the loop starts
         self._checkpointed_at = time.monotonic()
-        self._late_unlogged = 0
-        self._late_logged_at = 0.0
+        self.counter = EmissionCounter()
 
     def state_id(self, partition: int) -> str:
         return f"{self.state_prefix}|{partition}"
@@ -95,7 +101,7 @@ class AnalyticsStage:
             if isinstance(exc, EdgepipeError):
                 raise
             raise ServiceUnavailable(f"analytics batch not written: {exc}") from exc
-        self._count(out)
+        self.counter.count(out)
 
     def tick(self, now_ns: int) -> None:
         try:
@@ -103,7 +109,7 @@ class AnalyticsStage:
             out = self.engine.idle_close(now_ns)
             if out.windows:
                 self._record(out)
-                self._count(out)
+                self.counter.count(out)
             if self._due():
                 self._checkpoint(wait=self.interval_s == 0)
         except Exception as exc:  # the same windows come again from the last checkpoint
@@ -139,9 +145,9 @@ class AnalyticsStage:
         self._forget(partitions)
 
     def flush(self) -> None:
-        """A synchronous checkpoint of everything applied so far."""
-        if self.pending:
-            self._checkpoint(wait=True)
+        """A synchronous checkpoint of everything applied so far, statistics included."""
+        if self.pending or self.held_stats:
+            self._checkpoint(wait=True, all_stats=True)
         else:
             self.writer.wait()
 
@@ -166,6 +172,11 @@ class AnalyticsStage:
                 state = PartitionState.from_document(doc, now_ns)
                 self._behind.add(partition)
             self.engine.partitions[partition] = state
+            # iot.stats may lag this state (statistics are written less often than
+            # states): write all of the partition's again with the next statistics.
+            self.held_stats.update(
+                (f.series_id, f.stats_document()) for series in state.series.values()
+                for f in series.fields.values())
             log.info("analytics state loaded", extra={
                 "partition": partition, "applied_offset": state.applied_offset,
                 "series": len(state.series)})
@@ -196,7 +207,7 @@ class AnalyticsStage:
                     out = self.engine.apply(chunk.readings, chunk.partitions, chunk.offsets,
                                             now_ns)
                     self._record(out)
-                    self._count(out)
+                    self.counter.count(out)
                     metrics.CAUGHT_UP.inc(len(chunk))
             self._behind.discard(partition)
 
@@ -218,16 +229,25 @@ class AnalyticsStage:
         self.pending.partitions |= out.partitions
 
     def _due(self) -> bool:
-        return bool(self.pending) and (
-            time.monotonic() - self._checkpointed_at >= self.interval_s)
+        now = time.monotonic()
+        return (bool(self.pending) or (bool(self.held_stats) and self._stats_due(now))) and (
+            now - self._checkpointed_at >= self.interval_s)
 
-    def _checkpoint(self, *, wait: bool) -> None:
+    def _stats_due(self, now: float) -> bool:
+        return self.interval_s == 0 or now - self._stats_written_at >= self.stats_interval_s
+
+    def _checkpoint(self, *, wait: bool, all_stats: bool = False) -> None:
+        """`all_stats`: write the held statistics too, whenever they were last written."""
         pending, self.pending = self.pending, Pending()
-        states = [self.engine.partitions[p].to_document(self.state_id(p))
+        states = [self.engine.partitions[p].snapshot(self.state_id(p))
                   for p in sorted(pending.partitions) if p in self.engine.partitions]
-        self._checkpointed_at = time.monotonic()
-        self.writer.submit(Checkpoint(list(pending.windows.values()),
-                                      list(pending.stats.values()), states), wait=wait)
+        now = self._checkpointed_at = time.monotonic()
+        self.held_stats.update(pending.stats)
+        stats: list[dict[str, Any]] = []
+        if all_stats or self._stats_due(now):
+            stats, self.held_stats = list(self.held_stats.values()), {}
+            self._stats_written_at = now
+        self.writer.submit(Checkpoint(list(pending.windows.values()), stats, states), wait=wait)
 
     def _reset(self) -> None:
         """Forget everything not checkpointed; it is recomputed from the last checkpoint."""
@@ -236,6 +256,7 @@ class AnalyticsStage:
         except Exception as exc:
             log.warning("analytics checkpoint failed", extra={"error": str(exc)[:300]})
         self.pending = Pending()
+        self.held_stats = {}  # recomputed too: a loaded state queues its statistics
         self._forget(list(self.engine.partitions))
 
     def _forget(self, partitions: Iterable[int]) -> None:
@@ -253,35 +274,6 @@ class AnalyticsStage:
         for doc, payload in zip(docs, payloads, strict=True):
             topic = template.format(device_id=doc["device_id"], sensor=doc["sensor"])
             self.mqtt.publish(topic, payload, qos=1, retain=True)
-
-    def _count(self, out: Emissions) -> None:
-        emitted = Counter((w.size_s, why) for w, why in zip(out.windows, out.closed_by,
-                                                             strict=True))
-        for (size_s, why), count in emitted.items():
-            metrics.WINDOWS_EMITTED.labels(size_s=str(size_s), closed_by=why).inc(count)
-        for window, why in zip(out.windows, out.closed_by, strict=True):
-            if window.revision:
-                metrics.WINDOW_REVISIONS.inc()
-                log.info("window revised", extra={"window": window.id,
-                                                  "revision": window.revision,
-                                                  "count": window.moments.count})
-            elif why == "idle":
-                log.info("window closed by idle timeout", extra={"window": window.id})
-        metrics.DUPLICATES.inc(out.duplicates)
-        metrics.REPLAYED.inc(out.replayed)
-        metrics.INVALID_VALUES.inc(out.invalid)
-        if out.invalid:
-            log.warning("non-finite values skipped", extra={"count": out.invalid})
-        if out.too_late:
-            metrics.LATE_DROPPED.inc(len(out.too_late))
-            self._late_unlogged += len(out.too_late)
-            now = time.monotonic()
-            if now - self._late_logged_at >= LATE_LOG_EVERY_S:
-                example = out.too_late[0]
-                log.warning("readings later than the allowed lateness, not applied", extra={
-                    "count": self._late_unlogged, "example_event_id": example.event_id,
-                    "example_device": example.device_id, "example_sensor": example.sensor})
-                self._late_unlogged, self._late_logged_at = 0, now
 
 
 def _first_offsets(batch: ConsumedBatch) -> dict[int, int]:

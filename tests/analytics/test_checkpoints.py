@@ -264,6 +264,75 @@ def test_assignment_re_reads_up_to_the_committed_offsets(
     assert_same(mongo, settings, want_windows, want_stats)
 
 
+def stats_counts(mongo: MongoClient[dict[str, Any]], settings: Settings) -> dict[str, int]:
+    return {k: d["count"] for k, d in stored(mongo, settings, "stats").items()}
+
+
+def commit_ends(settings: Settings, parts: list[ConsumedBatch]) -> None:
+    """The loop's commits: everything in `parts`."""
+    ends: dict[int, int] = {}
+    for batch in parts:
+        for partition, offset in zip(batch.partitions, batch.offsets, strict=True):
+            ends[partition] = max(ends.get(partition, 0), offset + 1)
+    group = kafka_consumer(settings, settings.worker_group)
+    group.commit(offsets=[TopicPartition(settings.kafka_topic_readings, p, o)
+                          for p, o in ends.items()], asynchronous=False)
+    group.close()
+
+
+def background_checkpoint(stage: AnalyticsStage, batch: ConsumedBatch) -> None:
+    stage.interval_s = 1e-9  # due at once
+    stage.handle(batch, now_ns=0)
+    stage.writer.wait()
+    stage.interval_s = 3600.0
+
+
+def test_statistics_held_by_the_stats_interval_are_written_again_after_a_crash(
+        kafka_topics: Settings, mongo: MongoClient[dict[str, Any]]) -> None:
+    """Checkpoints between statistics writes save states ahead of `iot.stats`;
+    killed then, the restarted stage writes every loaded series' statistics
+    again (nothing is left to re-read from Kafka that would touch them)."""
+    settings, parts, want_windows, want_stats = stream_in_kafka(kafka_topics)
+    settings = settings.model_copy(update={"analytics_stats_interval_s": 3600.0})
+    db = mongo[settings.mongo_db]
+
+    first = AnalyticsStage(settings, kafka_producer(settings), db,
+                           replay_consumer=kafka_consumer(settings, settings.worker_group))
+    for batch in parts[:3]:
+        first.handle(batch, now_ns=0)
+    first.flush()  # a flush writes the statistics whatever the interval
+    flushed = stats_counts(mongo, settings)
+    assert sum(flushed.values()) > 0
+    background_checkpoint(first, parts[3])
+    assert stats_counts(mongo, settings) == flushed, "held: the stats interval is not up"
+    assert stored(mongo, settings, "analytics_state"), "the state was written all the same"
+    first.stats_interval_s = 0.0
+    background_checkpoint(first, parts[4])  # the interval is up: held ones written too
+    _, at_4 = expected(settings, parts[:5])
+    assert stats_counts(mongo, settings) == {k: d["count"] for k, d in at_4.items()}
+    first.stats_interval_s = 3600.0
+    for batch in parts[5:7]:
+        first.handle(batch, now_ns=0)
+    background_checkpoint(first, parts[7])
+    assert stats_counts(mongo, settings) == {k: d["count"] for k, d in at_4.items()}
+    del first  # killed: states cover parts[:8], iot.stats only parts[:5]
+    commit_ends(settings, parts[:8])
+
+    before = caught_up()
+    second = AnalyticsStage(settings, kafka_producer(settings), db,
+                            replay_consumer=kafka_consumer(settings, settings.worker_group))
+    second.assigned([0, 1, 2])
+    assert caught_up() == before, "nothing to re-read: the states cover the commits"
+    second.flush()
+    _, at_8 = expected(settings, parts[:8])
+    assert stats_counts(mongo, settings) == {k: d["count"] for k, d in at_8.items()}
+    for batch in parts[8:]:
+        second.handle(batch, now_ns=0)
+    second.tick(FAR_FUTURE)
+    second.close()
+    assert_same(mongo, settings, want_windows, want_stats)
+
+
 def test_insert_or_replace_inserts_new_and_replaces_existing(
         mongo: MongoClient[dict[str, Any]], settings: Settings) -> None:
     coll = mongo[settings.mongo_db]["windows"]

@@ -3,6 +3,7 @@ multi-axis fields, duplicates and replays, and the merge formula."""
 
 from __future__ import annotations
 
+import base64
 import math
 import random
 from collections.abc import Iterable
@@ -13,7 +14,7 @@ from contracts.errors import ConfigError
 from contracts.events import NS_PER_S, Reading, make_event_id
 from contracts.windows import Moments
 from model_worker.analytics.engine import AnalyticsEngine, Emissions, WindowPolicy
-from model_worker.analytics.state import PartitionState
+from model_worker.analytics.state import PartitionState, series_states
 
 POLICY = WindowPolicy(sizes_s=(10, 60), grace_ns=NS_PER_S, lateness_ns=30 * NS_PER_S,
                       idle_ns=5 * NS_PER_S)
@@ -142,7 +143,7 @@ def test_duplicates_and_replayed_offsets_change_nothing() -> None:
     out = engine.apply(first[:5], [0] * 5, list(range(5)), NOW)  # redelivered batch
     assert out.replayed == 5 and out.stats == []
     after = engine.partitions[0].to_document("p0")
-    assert after["series"] == before["series"]
+    assert series_states(after) == series_states(before)
 
 
 def test_restored_state_continues_exactly() -> None:
@@ -164,6 +165,35 @@ def test_restored_state_continues_exactly() -> None:
     for i in range(200, 600, 50):
         run(restored, feed, stream[i:i + 50])
     assert restored.partitions[0].to_document("p0") == whole.partitions[0].to_document("p0")
+
+
+def nested_window(packed: list) -> dict:
+    size_s, start, count, mean, m2, lo, hi, first, last, late, revision, emitted, dirty = packed
+    return {"size_s": size_s, "start_ns": start,
+            "moments": Moments(count, mean, m2, lo, hi).to_dict(), "first_ts_ns": first,
+            "last_ts_ns": last, "late_count": late, "revision": revision, "emitted": emitted,
+            "dirty": dirty}
+
+
+def test_state_documents_are_packed_and_the_nested_form_still_loads() -> None:
+    engine, feed = AnalyticsEngine(POLICY), Feed()
+    run(engine, feed, [reading(t * 0.7, 20.0 + t % 3) for t in range(40)])
+    run(engine, feed, [reading(30.0, math.nan, sensor="broken")])  # empty, last value NaN
+    assert math.isnan(engine.partitions[0].series[("dev-1", "broken")].fields["value"].last_value)
+    packed = engine.partitions[0].to_document("p0")
+    assert set(packed) == {"_id", "partition", "applied_offset", "packed"}
+    assert isinstance(packed["packed"], bytes)
+    assert PartitionState.from_document(packed, NOW).to_document("p0") == packed
+    # The nested form earlier workers wrote: hashes as uint64 little-endian bytes.
+    nested = {k: v for k, v in packed.items() if k != "packed"}
+    nested["series"] = series_states(packed)
+    for series in nested["series"]:
+        for entry in series["seen"]:
+            entry["hashes"] = base64.b64decode(entry["hashes"])
+        for field in series["fields"]:
+            field["last_value"] = math.nan if field["last_value"] is None else field["last_value"]
+            field["windows"] = [nested_window(w) for w in field["windows"]]
+    assert PartitionState.from_document(nested, NOW).to_document("p0") == packed
 
 
 def test_policy_rejects_sizes_that_are_not_multiples() -> None:
