@@ -26,6 +26,10 @@
 #                         crash: writes since the last checkpoint can roll back.
 #                         Set it empty for SQLite's defaults (synchronous=FULL,
 #                         an fsync per commit; checkpoint every 1,000 pages).
+#   FERRETDB_INSERT_BATCH 1000 documents of one insert command that FerretDB
+#                         writes per transaction and SQLite INSERT statement
+#                         (1-10000; FerretDB's own is 100; our patch makes it
+#                         settable, see README-mongo.md "Patches to FerretDB")
 #   FERRETDB_LOG_LEVEL    info
 #   FERRETDB_PPROF        address for Go's pprof endpoints, e.g. 127.0.0.1:6060
 #                         (off by default; for profiling the server)
@@ -42,6 +46,7 @@ MONGO_HOST=127.0.0.1
 # No colon: an explicitly empty value means FerretDB's own defaults.
 : "${FERRETDB_SQLITE_PARAMS=_pragma=synchronous(normal)&_pragma=wal_autocheckpoint(10000)}"
 : "${FERRETDB_LOG_LEVEL:=info}"
+: "${FERRETDB_INSERT_BATCH:=1000}"
 : "${FERRETDB_PPROF:=}"
 
 SRC_DIR="$HERE/ferretdb"
@@ -195,7 +200,8 @@ build_if_needed() {
   stk_say "$SVC" "building FerretDB wrapper (first time takes about a minute)..."
   prepare_patched_source || stk_fail "$SVC"
   if ! (cd "$SRC_DIR" && go build -buildvcs=false -trimpath -ldflags='-s -w' \
-    -modfile "$BUILD_DIR/wrapper.mod" -overlay "$BUILD_DIR/overlay.json" -o "$BIN.tmp" .) \
+    -tags edgepipe_patched -modfile "$BUILD_DIR/wrapper.mod" -overlay "$BUILD_DIR/overlay.json" \
+    -o "$BIN.tmp" .) \
     >>"$(stk_logfile "$SVC")" 2>&1; then
     rm -f "$BIN.tmp"
     echo "local_stack: mongo build of local_stack/ferretdb failed" >&2
@@ -280,7 +286,8 @@ cmd_start() {
       GOGC="${GOGC:-400}" FERRETDB_TELEMETRY=disable DO_NOT_TRACK=1 \
         stk_start_bg "$SVC" "$BIN" serve -listen "$MONGO_HOST:$MONGO_PORT" \
         -data-dir "$SVC_DIR/data" -log-level "$FERRETDB_LOG_LEVEL" \
-        -sqlite-params "$FERRETDB_SQLITE_PARAMS" ${FERRETDB_PPROF:+-pprof "$FERRETDB_PPROF"}
+        -sqlite-params "$FERRETDB_SQLITE_PARAMS" -insert-batch "$FERRETDB_INSERT_BATCH" \
+        ${FERRETDB_PPROF:+-pprof "$FERRETDB_PPROF"}
       ;;
   esac
   echo "$eng" >"$ENGINE_FILE"

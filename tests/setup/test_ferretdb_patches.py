@@ -11,6 +11,7 @@ import pytest
 from bson import ObjectId
 from pymongo import MongoClient
 from pymongo.collection import Collection
+from pymongo.errors import BulkWriteError
 
 from contracts.settings import Settings
 
@@ -116,3 +117,58 @@ def test_in_on_id_in_count_update_and_delete(coll: tuple[Coll, list[ObjectId]]) 
     assert sorted(map(str, _ids(c, {"hit": True}))) == sorted(["s10", "s11", str(oids[3])])
     assert c.delete_many({"_id": {"$in": ids}}).deleted_count == 3
     assert c.count_documents({}) == 325 - 3
+
+
+def _write_errors(exc: BulkWriteError) -> tuple[int, list[int], set[int]]:
+    details = exc.details
+    return (details["nInserted"], [e["index"] for e in details["writeErrors"]],
+            {e["code"] for e in details["writeErrors"]})
+
+
+@pytest.mark.timeout(120)
+def test_unordered_batch_insert_reports_duplicates_at_their_indexes(
+        mongo: MongoClient[dict[str, Any]], settings: Settings) -> None:
+    c = mongo[settings.mongo_db]["batch"]
+    # already stored: hit at batch boundaries (999/1000/1001 for batches of 1000,
+    # 99/100 for FerretDB's former 100) and at the ends
+    c.insert_many([{"_id": f"d{i}"} for i in (0, 99, 100, 999, 1000, 1001, 2500, 4999)])
+    docs = [{"_id": f"d{i}", "n": i} for i in range(5000)]
+    # duplicates inside the one command: the second copy is the one refused
+    for i, j in ((1500, 7), (3000, 2999), (4998, 4000)):
+        docs[i] = {"_id": f"d{j}", "n": i}
+    with pytest.raises(BulkWriteError) as err:
+        c.insert_many(docs, ordered=False)
+    inserted, indexes, codes = _write_errors(err.value)
+    expected = [0, 99, 100, 999, 1000, 1001, 1500, 2500, 3000, 4998, 4999]
+    assert indexes == expected
+    assert codes == {11000}
+    assert inserted == 5000 - len(expected)
+    assert c.count_documents({}) == 8 + inserted
+    stored = {d["_id"]: d.get("n") for d in c.find({}, {"n": 1})}
+    assert stored["d7"] == 7 and stored["d2999"] == 2999 and stored["d4000"] == 4000
+    assert stored["d0"] is None and "d1500" not in stored
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("first_dup", [0, 2500, 2573])
+def test_ordered_batch_insert_stops_at_the_first_duplicate(
+        mongo: MongoClient[dict[str, Any]], settings: Settings, first_dup: int) -> None:
+    c = mongo[settings.mongo_db]["ordered"]
+    c.insert_many([{"_id": f"o{first_dup}"}, {"_id": "o4000"}])
+    with pytest.raises(BulkWriteError) as err:
+        c.insert_many([{"_id": f"o{i}"} for i in range(5000)], ordered=True)
+    inserted, indexes, codes = _write_errors(err.value)
+    # FerretDB 1.24 itself went on with the next batch after the failed one
+    assert (inserted, indexes, codes) == (first_dup, [first_dup], {11000})
+    assert c.count_documents({}) == first_dup + 2
+    assert c.find_one({"_id": f"o{first_dup + 1}"}) is None
+
+
+@pytest.mark.timeout(120)
+def test_batch_insert_without_errors_stores_every_document(
+        mongo: MongoClient[dict[str, Any]], settings: Settings) -> None:
+    c = mongo[settings.mongo_db]["clean"]
+    result = c.insert_many([{"_id": i, "v": i} for i in range(5000)], ordered=False)
+    assert len(result.inserted_ids) == 5000
+    assert c.count_documents({}) == 5000
+    assert c.find_one({"_id": 4999}) == {"_id": 4999, "v": 4999}
