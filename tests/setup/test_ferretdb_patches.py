@@ -79,6 +79,16 @@ def test_in_on_id_uses_the_id_lookup_index(coll: tuple[Coll, list[ObjectId]],
 
 
 @pytest.mark.timeout(60)
+def test_in_on_id_with_characters_json_escapes(mongo: MongoClient[dict[str, Any]],
+                                               settings: Settings) -> None:
+    # the SQL compares JSON texts: Go escapes <, > and & where SQLite might not
+    c = mongo[settings.mongo_db]["escapes"]
+    ids = ["a<b&c>", "é ü 中", 'q"x', "back\\slash", "tab\there", "line\u2028sep", "emoji 😀"]
+    c.insert_many([{"_id": i} for i in ids] + [{"_id": "other"}])
+    assert sorted(_ids(c, {"_id": {"$in": ids}})) == sorted(ids)
+
+
+@pytest.mark.timeout(60)
 def test_in_with_other_types_falls_back_and_stays_right(
         coll: tuple[Coll, list[ObjectId]], mongo: MongoClient[dict[str, Any]]) -> None:
     c, oids = coll
