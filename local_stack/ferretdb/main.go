@@ -8,7 +8,7 @@
 //
 // Usage:
 //
-//	edgepipe-ferretdb serve -listen 127.0.0.1:27017 -data-dir .stack/mongo/data
+//	edgepipe-ferretdb serve -listen 127.0.0.1:27017 -data-dir .stack/mongo/data [-insert-batch 1000]
 //	edgepipe-ferretdb ping  -url mongodb://127.0.0.1:27017/ -timeout 2s
 //	edgepipe-ferretdb version
 //
@@ -66,6 +66,12 @@ func ferretDBVersion() string {
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		for _, d := range bi.Deps {
 			if d.Path == "github.com/FerretDB/FerretDB" {
+				if d.Replace != nil {
+					// mongo.sh builds against a copy of the module with our
+					// patches laid over it (local_stack/ferretdb/patches)
+					return "FerretDB " + d.Version + "+edgepipe-patches"
+				}
+
 				return "FerretDB " + d.Version
 			}
 		}
@@ -83,7 +89,16 @@ func serve(args []string) int {
 	pprofAddr := fs.String("pprof", "", "serve Go's net/http/pprof on this address (e.g. 127.0.0.1:6060) for profiling")
 	idIndex := fs.Duration("id-index-interval", 2*time.Second,
 		"how often to add the _id lookup index to new collections (0 disables; see idindex.go)")
+	insertBatch := fs.Int("insert-batch", 100,
+		"documents of one insert command written per transaction and SQLite INSERT (1-10000; FerretDB's own is 100)")
 	_ = fs.Parse(args)
+
+	// 10,000 keeps a batch's INSERT (two variables per document in a capped
+	// collection) below SQLite's 32,766 variables per statement.
+	if *insertBatch < 1 || *insertBatch > 10_000 {
+		fmt.Fprintf(os.Stderr, "serve: -insert-batch must be 1 to 10000 (got %d)\n", *insertBatch)
+		return 2
+	}
 
 	if *dataDir == "" {
 		fmt.Fprintln(os.Stderr, "serve: -data-dir is required")
@@ -132,12 +147,17 @@ func serve(args []string) int {
 		}()
 	}
 
-	f, err := ferretdb.New(&ferretdb.Config{
+	cfg := &ferretdb.Config{
 		Listener:  ferretdb.ListenerConfig{TCP: *listen},
 		Logger:    logger,
 		Handler:   "sqlite",
 		SQLiteURL: sqliteURL,
-	})
+	}
+	if !setInsertBatch(cfg, *insertBatch) && *insertBatch != 100 {
+		logger.Warn("built without our FerretDB patches: -insert-batch ignored, FerretDB writes 100 per batch")
+	}
+
+	f, err := ferretdb.New(cfg)
 	if err != nil {
 		logger.Error("cannot start FerretDB", "err", err)
 		return 1
@@ -152,7 +172,8 @@ func serve(args []string) int {
 	}
 
 	logger.Info("edgepipe-ferretdb starting",
-		"version", ferretDBVersion(), "listen", *listen, "sqlite", sqliteURL, "pid", os.Getpid())
+		"version", ferretDBVersion(), "listen", *listen, "sqlite", sqliteURL, "insert_batch", *insertBatch,
+		"pid", os.Getpid())
 
 	if err = f.Run(ctx); err != nil {
 		logger.Error("FerretDB stopped with error", "err", err)
