@@ -1,21 +1,27 @@
 """End-to-end benchmark of the bridge on the real local services.
 
-Run: `.venv/bin/python -m bench.bench_bridge [--readings N] [--quick]`.
+Run: `.venv/bin/python -m bench.bench_bridge [--readings N] [--rounds R] [--load lean|c] [--quick]`.
 QoS 1 readings go through Mosquitto into `python -m bridge` subprocesses, Kafka
-and the MongoDB-wire server. Load comes from Mosquitto's C client
-(`mosquitto_pub -l`, one process per device) so the publishers are not the
-bottleneck; the paced latency run uses a paho publisher in its own process.
-Every phase has its own MQTT root, Kafka topics (LogAppendTime, so a record's
-timestamp is the broker's append time) and database. Phases, in one run:
+and the MongoDB-wire server. Load comes from `bench.mqtt_load` (raw QoS 1
+PUBLISH packets encoded before the clock starts, one process per device) so
+the load generator takes little of the CPU the system under test shares;
+`--load c` uses Mosquitto's `mosquitto_pub -l` as before. The paced latency
+run uses a paho publisher in its own process. Every phase has its own MQTT
+root, Kafka topics (LogAppendTime, so a record's timestamp is the broker's
+append time) and database. Phases, in one run:
 
 1. one bridge, forwarder and sink in one process (`python -m bridge`)
-2. one bridge, forwarder only (`python -m bridge forward`)
+2. R rounds of: one forwarder (`python -m bridge forward`) and the naive
+   baseline (per message one produce + flush() and one insert_one), back to
+   back in alternating order; the ratio's median, min and max are reported
 3. two forwarders sharing the subscription
-4. the raw sink alone (`python -m bridge sink`) draining phase 2's topic
+4. the raw sink alone (`python -m bridge sink`) draining round 1's topic
 5. publish-to-Kafka-append latency at a paced 5,000 readings/s
-6. the naive baseline: per message one produce + flush() and one insert_one
 
-Figures go to bench/results/bench_bridge.json.
+Throughput phases report the CPU seconds of each process (bench.proc_cpu):
+publishers, Mosquitto, Kafka, the bridge(s), and `other` (the rest of the
+machine, i.e. other work sharing the cores). Figures go to
+bench/results/bench_bridge.json.
 """
 
 from __future__ import annotations
@@ -28,13 +34,14 @@ import platform
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +50,13 @@ import psutil
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import NewTopic
 
+from bench.bridge_naive import naive, naive_subscriber  # noqa: F401 (bench_e2e imports it from here)
+from bench.mqtt_load import LeanPublishers, mosquitto_pub
+from bench.proc_cpu import CpuSplit, reap_cpu_s, stack_pids
 from contracts.clients import (
     delete_topics,
     kafka_admin,
     kafka_consumer,
-    kafka_producer,
     mongo_client,
     mqtt_client,
     mqtt_connect,
@@ -138,52 +147,43 @@ class BridgeProcess:
             self.proc.kill()
 
 
-def write_payloads(path: Path, count: int, offset: int) -> None:
-    base = time.time()
-    with path.open("wb") as out:
-        for i in range(count):
-            out.write(orjson.dumps({"ts": base + (offset + i) * 1e-6, "value": float(i),
-                                    "seq": offset + i}) + b"\n")
-
-
-def publish_with_c_clients(settings: Settings, root: str, files: list[Path]) -> list[Any]:
-    """One `mosquitto_pub -l` per file (= per device), QoS 1, all at once."""
-    auth = ["-h", settings.mqtt_host, "-p", str(settings.mqtt_port), "-u",
-            settings.mqtt_username, "-P", settings.mqtt_password.get_secret_value()]
-    return [subprocess.Popen(["mosquitto_pub", *auth, "-q", "1", "-l",
-                              "-t", f"{root}sensors/dev{i}/temp"], stdin=path.open("rb"))
-            for i, path in enumerate(files)]
+def service_pids() -> dict[str, list[int]]:
+    """The local stack's Mosquitto, Kafka and MongoDB-wire server, for the CPU split."""
+    return {name: [pid] for name, pid in stack_pids(REPO).items()
+            if name in ("mosquitto", "kafka", "mongo")}
 
 
 def drive(phase: Phase, bridges: list[BridgeProcess], count: int, tmp: Path,
-          publishers: int = 2) -> dict[str, Any]:
+          publishers: int = 2, load: str = "lean") -> dict[str, Any]:
     """Publishes `count` readings and times them into Kafka (acks held)."""
-    files = []
-    for i in range(publishers):
-        path = tmp / f"{phase.name}-{i}.jsonl"
-        write_payloads(path, count // publishers, i * count)
-        files.append(path)
-    total = (count // publishers) * publishers
+    per_publisher = count // publishers
+    total = per_publisher * publishers
+    topics = [f"{phase.root}sensors/dev{i}/temp" for i in range(publishers)]
+    lean = LeanPublishers(phase.settings, topics, per_publisher) if load == "lean" else None
+    meter = CpuSplit({**service_pids(), "bridge": [b.proc.pid for b in bridges]})
     started = time.monotonic()
-    procs = publish_with_c_clients(phase.settings, phase.root, files)
-    first = None
+    if lean is not None:
+        lean.go()
+    else:
+        c_clients = mosquitto_pub(phase.settings, topics, per_publisher, tmp)
     done = 0
     deadline = started + 120
     while time.monotonic() < deadline:
         for bridge in bridges:
             bridge.sample_rss()
         done = phase.in_kafka()
-        if done and first is None:
-            first = time.monotonic()
         if done >= total:
             break
         time.sleep(0.05)
     elapsed = time.monotonic() - started
-    for proc in procs:
-        proc.wait(30)
+    if lean is not None:
+        publishers_cpu = lean.results()["cpu_s"]
+    else:
+        publishers_cpu = sum(reap_cpu_s(proc) for proc in c_clients)
     return {"readings": total, "in_kafka": done, "seconds": round(elapsed, 2),
             "readings_per_s": round(done / elapsed),
-            "peak_rss_mb": [round(b.peak_rss / 2**20, 1) for b in bridges]}
+            "peak_rss_mb": [round(b.peak_rss / 2**20, 1) for b in bridges],
+            "cpu_s": meter.finish({"publishers": publishers_cpu})}
 
 
 def wait_written(phase: Phase, sink: BridgeProcess, total: int, timeout: float = 120) -> float:
@@ -238,66 +238,58 @@ def latency(phase: Phase, rate: int, seconds: float) -> dict[str, Any]:
             "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": pick(1.0)}
 
 
-def naive_subscriber(settings: Settings, root: str, db: str, topic: str, seconds: float,
-                     result: Any) -> None:
-    """The seed pipeline's way: per message one produce + flush and one insert_one."""
-    producer = kafka_producer(settings)
-    collection = mongo_client(settings)[db]["readings"]
-    done = threading.Event()
-    count = [0]
-    started: list[float] = []
-
-    def on_message(client: Any, userdata: Any, msg: Any) -> None:
-        if not started:
-            started.append(time.monotonic())
-        producer.produce(topic, msg.payload)
-        producer.flush()
-        collection.insert_one(json.loads(msg.payload))
-        count[0] += 1
-
-    client = mqtt_client(settings)
-    client.on_message = on_message
-    client.on_connect = lambda c, *a: c.subscribe(f"{root}#", qos=1)
-    mqtt_connect(client, settings)
-    client.loop_start()
-    done.wait(seconds + 2)
-    client.loop_stop()
-    elapsed = time.monotonic() - started[0] if started else seconds
-    result.put({"messages": count[0], "seconds": round(elapsed, 2),
-                "messages_per_s": round(count[0] / elapsed)})
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": round(statistics.median(values), 1), "min": round(min(values), 1),
+            "max": round(max(values), 1)}
 
 
-def naive(phase: Phase, seconds: float, tmp: Path) -> dict[str, Any]:
-    queue: Any = multiprocessing.Queue()
-    proc = multiprocessing.Process(target=naive_subscriber, args=(
-        phase.settings, phase.root, phase.db, phase.readings, seconds, queue))
-    proc.start()
-    time.sleep(2)  # subscribed
-    path = tmp / "naive.jsonl"
-    write_payloads(path, 50_000, 0)
-    publishers = publish_with_c_clients(phase.settings, phase.root, [path])
-    result = dict(queue.get(timeout=seconds + 60))
-    proc.join(10)
-    for pub in publishers:
-        pub.kill()
-    return result
+def ratio_rounds(settings: Settings, phase: Callable[[str], Phase], rounds: int, count: int,
+                 naive_s: float, tmp: Path, load: str) -> dict[str, Any]:
+    """One forwarder and the naive way back to back, `rounds` times (the order
+    alternating, so a machine getting busier or quieter favours neither)."""
+    forwarder: list[dict[str, Any]] = []
+    baseline: list[dict[str, Any]] = []
+    for r in range(rounds):
+        for which in ("fwd", "naive") if r % 2 == 0 else ("naive", "fwd"):
+            p = phase(f"{which}{r}")
+            if which == "naive":
+                baseline.append(naive(settings, p.root, p.db, p.readings, naive_s,
+                                      service_pids(), tmp, load))
+                print(f"round {r + 1} naive baseline:", baseline[-1], flush=True)
+            else:
+                bridge = BridgeProcess(p, "forward", 0)
+                forwarder.append({**drive(p, [bridge], count, tmp, load=load),
+                                  "topic": p.readings})
+                bridge.stop()
+                print(f"round {r + 1} 1 forwarder:", forwarder[-1], flush=True)
+    ratios = [f["readings_per_s"] / max(1, n["messages_per_s"])
+              for f, n in zip(forwarder, baseline, strict=True)]
+    return {"forwarder": forwarder, "naive": baseline, "ratios": [round(x, 1) for x in ratios],
+            "ratio": spread(ratios),
+            "forwarder_readings_per_s": spread([f["readings_per_s"] for f in forwarder]),
+            "naive_messages_per_s": spread([n["messages_per_s"] for n in baseline])}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--readings", type=int, default=60_000,
                         help="readings per throughput phase")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="forwarder-vs-naive rounds (median and spread reported)")
+    parser.add_argument("--load", choices=("lean", "c"), default="lean",
+                        help="load generator: bench.mqtt_load (default) or mosquitto_pub")
     parser.add_argument("--quick", action="store_true", help="small smoke run")
     args = parser.parse_args()
-    if shutil.which("mosquitto_pub") is None:
-        raise SystemExit("mosquitto_pub (package mosquitto-clients) is needed for the load")
+    if args.load == "c" and shutil.which("mosquitto_pub") is None:
+        raise SystemExit("mosquitto_pub (package mosquitto-clients) is needed for --load c")
     count = 6_000 if args.quick else args.readings
     pace_s = 2.0 if args.quick else 6.0
     naive_s = 4.0 if args.quick else 8.0
+    rounds = 1 if args.quick else args.rounds
     settings = get_settings()
     run_id = uuid.uuid4().hex[:6]
     phases: list[Phase] = []
-    figures: dict[str, Any] = {}
+    figures: dict[str, Any] = {"load": args.load}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         try:
@@ -307,33 +299,34 @@ def main() -> None:
 
             p1 = phase("one")
             bridge = BridgeProcess(p1, "run", 0)
-            figures["one_bridge_forward_and_sink"] = drive(p1, [bridge], count, tmp)
+            figures["one_bridge_forward_and_sink"] = drive(p1, [bridge], count, tmp,
+                                                           load=args.load)
             figures["one_bridge_forward_and_sink"]["all_in_mongo_after_s"] = round(
                 figures["one_bridge_forward_and_sink"]["seconds"]
                 + wait_written(p1, bridge, count), 2)
             bridge.stop()
             print("1 bridge (forward+sink):", figures["one_bridge_forward_and_sink"], flush=True)
 
-            p2 = phase("fwd")
-            bridge = BridgeProcess(p2, "forward", 0)
-            figures["one_forwarder"] = drive(p2, [bridge], count, tmp)
-            bridge.stop()
-            print("1 forwarder:", figures["one_forwarder"], flush=True)
+            figures["rounds"] = ratio_rounds(settings, phase, rounds, count, naive_s, tmp,
+                                             args.load)
 
             p3 = phase("two")
             pair = [BridgeProcess(p3, "forward", i) for i in range(2)]
-            figures["two_forwarders"] = drive(p3, pair, count, tmp, publishers=4)
+            figures["two_forwarders"] = drive(p3, pair, count, tmp, publishers=4,
+                                              load=args.load)
             for b in pair:
                 b.stop()
             print("2 forwarders:", figures["two_forwarders"], flush=True)
 
+            # The sink drains the first forwarder round's topic into MongoDB.
+            p2 = next(p for p in phases if p.readings == figures["rounds"]["forwarder"][0]
+                      ["topic"])
+            drained = figures["rounds"]["forwarder"][0]["in_kafka"]
             sink = BridgeProcess(p2, "sink", 0)
-            written_s = wait_written(p2, sink, figures["one_forwarder"]["in_kafka"])
+            written_s = wait_written(p2, sink, drained)
             sink.stop()
-            figures["sink_alone"] = {"documents": figures["one_forwarder"]["in_kafka"],
-                                     "seconds": round(written_s, 2),
-                                     "documents_per_s": round(
-                                         figures["one_forwarder"]["in_kafka"] / written_s),
+            figures["sink_alone"] = {"documents": drained, "seconds": round(written_s, 2),
+                                     "documents_per_s": round(drained / written_s),
                                      "peak_rss_mb": round(sink.peak_rss / 2**20, 1)}
             print("sink alone:", figures["sink_alone"], flush=True)
 
@@ -342,20 +335,17 @@ def main() -> None:
             figures["latency"] = latency(p5, 5000, pace_s)
             bridge.stop()
             print("latency at 5,000/s:", figures["latency"], flush=True)
-
-            figures["naive"] = naive(phase("naive"), naive_s, tmp)
-            print("naive baseline:", figures["naive"], flush=True)
         finally:
             for p in phases:
                 p.cleanup()
-    best = figures["one_forwarder"]["readings_per_s"]
-    figures["ratio_forwarder_vs_naive"] = round(best / max(1, figures["naive"]["messages_per_s"]),
-                                                1)
+    naive_median = figures["rounds"]["naive_messages_per_s"]["median"]
+    figures["ratio_forwarder_vs_naive"] = figures["rounds"]["ratio"]
     figures["ratio_one_process_pipeline_vs_naive"] = round(
         figures["one_bridge_forward_and_sink"]["readings"]
         / figures["one_bridge_forward_and_sink"]["all_in_mongo_after_s"]
-        / max(1, figures["naive"]["messages_per_s"]), 1)
+        / max(1, naive_median), 1)
     figures["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
+                          "load_average": os.getloadavg(),
                           "note": "busy shared machine; figures vary run to run"}
     print(json.dumps({k: figures[k] for k in ("ratio_forwarder_vs_naive",
                                               "ratio_one_process_pipeline_vs_naive")}))
