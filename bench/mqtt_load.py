@@ -116,6 +116,7 @@ def publish_all(sock: socket.socket, stream: bytes, offsets: list[int], window: 
     view = memoryview(stream)
     sent = acked = 0
     pending = b""
+    lowat = 1
     while acked < total:
         room = min(window - (sent - acked), total - sent, slice_messages)
         # Write when a full slice fits (or the tail): fewer, larger writes.
@@ -123,6 +124,13 @@ def publish_all(sock: socket.socket, stream: bytes, offsets: list[int], window: 
             sock.sendall(view[offsets[sent]:offsets[sent + room]])
             sent += room
             continue
+        # Sleep until the PUBACKs that make room for the next write are all
+        # there (SO_RCVLOWAT), rather than waking for each 4-byte PUBACK.
+        needed = total - acked if sent == total else (sent - acked) - (window - slice_messages)
+        want = max(1, needed * 4 - len(pending))
+        if want != lowat:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
+            lowat = want
         data = sock.recv(65_536)
         if not data:
             raise LoadError(f"broker closed the connection after {acked} PUBACKs")
