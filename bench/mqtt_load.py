@@ -225,6 +225,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--window", type=int, default=1000)
+    parser.add_argument("--slice", type=int, default=256, help="messages per write")
     args = parser.parse_args()
     password = sys.stdin.readline().rstrip("\n")  # not on the command line (ps shows it)
     stream, offsets = encode_all(args.topic, reading_payloads(args.count, args.offset,
@@ -233,7 +234,7 @@ def main() -> None:
     print("ready", flush=True)
     sys.stdin.readline()  # go
     cpu, started = time.process_time(), time.monotonic()
-    acked = publish_all(sock, stream, offsets, args.window)
+    acked = publish_all(sock, stream, offsets, args.window, args.slice)
     sock.sendall(DISCONNECT)
     sock.close()
     print(json.dumps({"acked": acked, "seconds": round(time.monotonic() - started, 3),
