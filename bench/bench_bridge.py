@@ -1,14 +1,15 @@
 """End-to-end benchmark of the bridge on the real local services.
 
-Run: `.venv/bin/python -m bench.bench_bridge [--readings N] [--rounds R] [--load lean|c] [--quick]`.
+Run: `.venv/bin/python -m bench.bench_bridge [--readings N] [--rounds R]
+[--round-readings N] [--load lean|c] [--quick]`.
 QoS 1 readings go through Mosquitto into `python -m bridge` subprocesses, Kafka
 and the MongoDB-wire server. Load comes from `bench.mqtt_load` (raw QoS 1
 PUBLISH packets encoded before the clock starts, one process per device) so
 the load generator takes little of the CPU the system under test shares;
 `--load c` uses Mosquitto's `mosquitto_pub -l` as before. The paced latency
-run uses a paho publisher in its own process. Every phase has its own MQTT
-root, Kafka topics (LogAppendTime, so a record's timestamp is the broker's
-append time) and database. Phases, in one run:
+run uses the same publisher, stamping each reading as it sends it. Every
+phase has its own MQTT root, Kafka topics (LogAppendTime, so a record's
+timestamp is the broker's append time) and database. Phases, in one run:
 
 1. one bridge, forwarder and sink in one process (`python -m bridge`)
 2. R rounds of: one forwarder (`python -m bridge forward`, 150,000 readings,
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import platform
 import shutil
@@ -53,37 +53,22 @@ from bench.bridge_phases import (  # noqa: F401 (e2e_case imports PARTITIONS and
     service_pids,
     wait_written,
 )
-from contracts.clients import kafka_consumer, mqtt_client, mqtt_connect
+from bench.mqtt_load import LeanPublishers
+from contracts.clients import kafka_consumer
 from contracts.settings import Settings, get_settings
 
 RESULTS = REPO / "bench" / "results" / "bench_bridge.json"
 
 
-def paced_publisher(settings: Settings, topic: str, rate: int, seconds: float) -> None:
-    client = mqtt_client(settings)
-    mqtt_connect(client, settings)
-    client.loop_start()
-    interval = 1.0 / rate
-    start = time.perf_counter()
-    infos = []
-    for i in range(int(rate * seconds)):
-        target = start + i * interval
-        while (now := time.perf_counter()) < target:
-            time.sleep(min(0.001, target - now))
-        infos.append(client.publish(topic, orjson.dumps(
-            {"ts": time.time(), "value": 1.0, "seq": i}), qos=1))
-    for info in infos:
-        info.wait_for_publish(30)
-    client.disconnect()
-    client.loop_stop()
-
-
 def latency(phase: Phase, rate: int, seconds: float) -> dict[str, Any]:
-    proc = multiprocessing.Process(target=paced_publisher, args=(
-        phase.settings, f"{phase.root}sensors/pace/temp", rate, seconds))
-    proc.start()
-    proc.join(seconds + 60)
+    """Publish-to-Kafka-append delay at a paced rate: the payload's `ts` is the
+    wall clock when the publisher sent it, the record's timestamp Kafka's
+    append time (both this machine's clock)."""
     expected = int(rate * seconds)
+    publisher = LeanPublishers(phase.settings, [f"{phase.root}sensors/pace/temp"], expected,
+                               rate=rate)
+    publisher.go()
+    publisher.results(timeout=seconds + 60)
     consumer = kafka_consumer(phase.settings, f"bench-lat-{uuid.uuid4().hex[:6]}")
     consumer.subscribe([phase.readings])
     delays_ms: list[float] = []

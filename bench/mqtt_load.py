@@ -134,14 +134,53 @@ def publish_all(sock: socket.socket, stream: bytes, offsets: list[int], window: 
         data = sock.recv(65_536)
         if not data:
             raise LoadError(f"broker closed the connection after {acked} PUBACKs")
-        pending += data
-        whole = len(pending) - len(pending) % 4
-        frames, pending = pending[:whole], pending[whole:]
-        count = whole // 4
-        # Every frame must be 40 02 <mid>: checked in bulk, not per message.
-        if frames[0::4] != bytes([PUBACK]) * count or frames[1::4] != b"\x02" * count:
-            raise LoadError(f"expected PUBACKs, got {frames[:16].hex()}...")
+        count, pending = count_pubacks(pending + data)
         acked += count
+    return acked
+
+
+def count_pubacks(received: bytes) -> tuple[int, bytes]:
+    """How many whole PUBACKs `received` holds, and the bytes of a cut-off
+    one. Every frame must be 40 02 <mid>: checked in bulk, not per message."""
+    whole = len(received) - len(received) % 4
+    frames, rest = received[:whole], received[whole:]
+    count = whole // 4
+    if frames[0::4] != bytes([PUBACK]) * count or frames[1::4] != b"\x02" * count:
+        raise LoadError(f"expected PUBACKs, got {frames[:16].hex()}...")
+    return count, rest
+
+
+def publish_paced(sock: socket.socket, topic: str, count: int, rate: float) -> int:
+    """`count` readings at `rate` per second for the latency phase. Each is
+    encoded when its turn comes, with `ts` the wall clock at that moment, so
+    publish-to-Kafka latency is measured from the real publish time; PUBACKs
+    are collected without waiting in between."""
+    if count > 60_000:
+        raise LoadError("paced runs keep every message id in flight: at most 60,000")
+    topic_bytes = topic.encode()
+    interval = 1.0 / rate
+    acked, pending = 0, b""
+    start = time.perf_counter()
+    for i in range(count):
+        target = start + i * interval
+        while (now := time.perf_counter()) < target:
+            time.sleep(min(0.001, target - now))
+        payload = orjson.dumps({"ts": time.time(), "value": 1.0, "seq": i})
+        sock.sendall(publish_packet(topic_bytes, i % 65_535 + 1, payload))
+        try:
+            data = sock.recv(65_536, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            continue
+        if not data:
+            raise LoadError(f"broker closed the connection after {acked} PUBACKs")
+        done, pending = count_pubacks(pending + data)
+        acked += done
+    while acked < count:
+        data = sock.recv(65_536)
+        if not data:
+            raise LoadError(f"broker closed the connection after {acked} PUBACKs")
+        done, pending = count_pubacks(pending + data)
+        acked += done
     return acked
 
 
@@ -151,7 +190,7 @@ class LeanPublishers:
     publishing only."""
 
     def __init__(self, settings: Settings, topics: list[str], count: int,
-                 window: int = 1000) -> None:
+                 window: int = 1000, rate: float = 0.0) -> None:
         auth = ["--host", settings.mqtt_host, "--port", str(settings.mqtt_port),
                 "--username", settings.mqtt_username]
         self.procs = []
@@ -159,7 +198,8 @@ class LeanPublishers:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "bench.mqtt_load", *auth, "--topic", topic,
                  "--client-id", f"bench-load-{os.getpid()}-{i}-{time.monotonic_ns()}",
-                 "--count", str(count), "--offset", str(i * count), "--window", str(window)],
+                 "--count", str(count), "--offset", str(i * count), "--window", str(window),
+                 "--rate", str(rate)],
                 cwd=Path(__file__).resolve().parent.parent, stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, text=True)
             assert proc.stdin is not None
@@ -226,15 +266,21 @@ def main() -> None:
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--window", type=int, default=1000)
     parser.add_argument("--slice", type=int, default=256, help="messages per write")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="paced: this many messages per second, each stamped when sent")
     args = parser.parse_args()
     password = sys.stdin.readline().rstrip("\n")  # not on the command line (ps shows it)
-    stream, offsets = encode_all(args.topic, reading_payloads(args.count, args.offset,
-                                                              time.time()))
+    if not args.rate:
+        stream, offsets = encode_all(args.topic, reading_payloads(args.count, args.offset,
+                                                                  time.time()))
     sock = open_session(args.host, args.port, args.client_id, args.username, password)
     print("ready", flush=True)
     sys.stdin.readline()  # go
     cpu, started = time.process_time(), time.monotonic()
-    acked = publish_all(sock, stream, offsets, args.window, args.slice)
+    if args.rate:
+        acked = publish_paced(sock, args.topic, args.count, args.rate)
+    else:
+        acked = publish_all(sock, stream, offsets, args.window, args.slice)
     sock.sendall(DISCONNECT)
     sock.close()
     print(json.dumps({"acked": acked, "seconds": round(time.monotonic() - started, 3),

@@ -71,6 +71,35 @@ def test_publishes_every_message_through_mosquitto_within_the_window(
         sub.loop_stop()
 
 
+def test_paced_publishing_stamps_each_reading_when_sent(mqtt_ready: Settings,
+                                                       unique: str) -> None:
+    settings = mqtt_ready
+    root = f"t/{unique}/"
+    got: list[bytes] = []
+    subscribed = threading.Event()
+    sub = mqtt_client(settings)
+    sub.on_message = lambda _c, _u, msg: got.append(bytes(msg.payload))
+    sub.on_connect = lambda c, *_: c.subscribe(root + "#", qos=1)
+    sub.on_subscribe = lambda *_: subscribed.set()
+    mqtt_connect(sub, settings)
+    sub.loop_start()
+    try:
+        assert subscribed.wait(10), "no SUBACK"
+        done = run_load(settings, root + "sensors/pace/temp", 200,
+                        settings.mqtt_password.get_secret_value(), "--rate", "1000")
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout.splitlines()[-1])
+        assert result["acked"] == 200
+        wait_for(lambda: len(got) >= 200, 20, "the subscriber got every paced message")
+        stamps = [orjson.loads(p)["ts"] for p in got]
+        # Stamped as sent (not all before the clock started): the pacing puts
+        # the last at least 0.199 s after the first, however slow the machine.
+        assert stamps == sorted(stamps) and stamps[-1] - stamps[0] >= 0.19
+    finally:
+        sub.disconnect()
+        sub.loop_stop()
+
+
 def test_refused_login_fails_the_publisher(mqtt_ready: Settings, unique: str) -> None:
     done = run_load(mqtt_ready, f"t/{unique}/x", 10, "wrong password")
     assert done.returncode != 0
