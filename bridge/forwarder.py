@@ -9,6 +9,7 @@ to us, which bounds our memory and stops new work while Kafka is away.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import gc
 import logging
@@ -18,6 +19,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from confluent_kafka import KafkaError, Message, Producer
+from prometheus_client import Histogram
 
 from bridge import metrics
 from bridge.codecs import decode
@@ -49,6 +51,25 @@ _TOPIC_CACHE_MAX = 20_000
 _GC_GEN0_THRESHOLD = 20_000
 _QOS_HEADER = {q: ("mqtt_qos", b"%d" % q) for q in range(3)}
 _RETAIN_HEADER = {False: ("mqtt_retain", b"0"), True: ("mqtt_retain", b"1")}
+
+
+def _observe_many(histogram: Histogram, now_ns: int, received_ns: list[int]) -> None:
+    """`histogram.observe((now_ns - r) / 1e9)` for every r, but one lock per
+    bucket touched: prometheus_client has no bulk observe, so this adds to its
+    bucket and sum values directly, and falls back to observe() if those
+    internals are not there."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    seconds = [(now_ns - r) / 1e9 for r in received_ns]
+    if bounds is None or buckets is None or total is None:
+        for value in seconds:
+            histogram.observe(value)
+        return
+    counts = collections.Counter(bisect.bisect_left(bounds, value) for value in seconds)
+    for index, count in counts.items():
+        buckets[index].inc(count)
+    total.inc(sum(seconds))
 
 
 class _Pending:
@@ -113,6 +134,8 @@ class Forwarder:
             client.on_publish_received = self._forward
         self._ack_many = getattr(client, "ack_many", None)
         self._acks: list[int] = []  # kafka-poll thread only
+        self._done_received_ns: list[int] = []  # kafka-poll thread only
+        self._delivered_since_poll = False  # kafka-poll thread only
 
     # --- MQTT side (paho's network thread) ---
 
@@ -203,8 +226,13 @@ class Forwarder:
         ]
         pending = _Pending(self, mid, qos, received_ns, len(records))
         self.started += 1
+        on_delivery = pending.on_delivery
         for kafka_topic, key, value in records:
-            self._produce_blocking(kafka_topic, key, value, headers, pending)
+            try:  # the common case without the retry loop's extra call
+                self.producer.produce(kafka_topic, value, key, headers=headers,
+                                      on_delivery=on_delivery)
+            except BufferError:
+                self._produce_blocking(kafka_topic, key, value, headers, pending)
 
     def _produce_blocking(self, topic: str, key: bytes | None, value: bytes, headers: Headers,
                           pending: _Pending) -> None:
@@ -238,16 +266,27 @@ class Forwarder:
             log.warning("kafka delivery failed; producing again",
                         extra={"error": str(err), "topic": msg.topic()})
             return
-        self.kafka_health.on_delivered()
+        self._delivered_since_poll = True
         self.forwarded += 1
         pending.remaining -= 1
         if pending.remaining == 0:
-            metrics.KAFKA_ACK_LATENCY.observe((time.time_ns() - pending.received_ns) / 1e9)
+            self._done_received_ns.append(pending.received_ns)
             if self._ack_many is None:
                 self.client.ack(pending.mid, pending.qos)
             elif pending.qos == 1:
                 self._acks.append(pending.mid)
             self.finished += 1
+
+    def _after_poll(self) -> None:
+        """Per poll, not per record: Kafka health, the ack latency histogram
+        (prometheus' observe takes two locks per value) and the PUBACKs."""
+        if self._delivered_since_poll:
+            self._delivered_since_poll = False
+            self.kafka_health.on_delivered()
+        if self._done_received_ns:
+            done, self._done_received_ns = self._done_received_ns, []
+            _observe_many(metrics.KAFKA_ACK_LATENCY, time.time_ns(), done)
+        self._send_acks()
 
     def _send_acks(self) -> None:
         if self._acks and self._ack_many is not None:
@@ -265,7 +304,7 @@ class Forwarder:
     def _kafka_loop(self) -> None:
         while not self.stopping.is_set():
             self.producer.poll(0.05)
-            self._send_acks()
+            self._after_poll()
             self._produce_due_retries()
             self.kafka_health.probe_if_down(self.producer)
             self._fold_metrics()
@@ -331,10 +370,10 @@ class Forwarder:
         deadline = time.monotonic() + self.settings.bridge_shutdown_timeout_s
         while (self.in_flight > 0 or self._retries) and time.monotonic() < deadline:
             self.producer.poll(0.1)
-            self._send_acks()
+            self._after_poll()
             self._produce_due_retries()
         left = self.producer.flush(max(0.0, deadline - time.monotonic()))
-        self._send_acks()
+        self._after_poll()
         sync = getattr(self.client, "sync", None)
         if sync is not None and self.mqtt_connected:
             sync(max(1.0, deadline - time.monotonic()))  # the last PUBACKs reach the broker

@@ -39,6 +39,7 @@ PUBACK = 0x40
 _PUBACK = struct.Struct("!BBH")
 _SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
 _SYNC_FILTER = "$edgepipe/sync"
+_FAST_COMMANDS = (PUBLISH, PUBLISH | 0x02)  # QoS 0 and QoS 1; QoS 2 stays paho's
 
 # topic, payload, qos, mid, retain
 PublishCallback = Callable[[str, bytes, int, int, bool], None]
@@ -85,7 +86,7 @@ class FastAckClient(mqtt.Client):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.on_publish_received: PublishCallback | None = None
-        self._rbuf = bytearray()
+        self._rbuf = b""
         self._rbuf_sock: object = None
 
     def ack_many(self, mids: Iterable[int]) -> None:
@@ -119,7 +120,7 @@ class FastAckClient(mqtt.Client):
     def _packet_read(self) -> MQTTErrorCode:
         sock = self._sock
         if sock is not self._rbuf_sock:  # a new connection: nothing carries over
-            self._rbuf_sock, self._rbuf = sock, bytearray()
+            self._rbuf_sock, self._rbuf = sock, b""
         try:
             data = self._sock_recv(RECV_BYTES)
         except BlockingIOError:
@@ -131,63 +132,70 @@ class FastAckClient(mqtt.Client):
             return MQTTErrorCode.MQTT_ERR_CONN_LOST
         with self._msgtime_mutex:
             self._last_bytes_received = _time_func()
-        buf = self._rbuf
-        buf += data
+        if self._rbuf:  # the start of a packet the last read cut off
+            data = self._rbuf + data
+        # `data` is bytes, so each payload slice is one copy (a bytearray
+        # slice would be copied twice to give the callback bytes).
         pos = 0
         rc = _SUCCESS
         try:
-            while (frame := next_frame(buf, pos)) is not None:
+            while (frame := next_frame(data, pos)) is not None:
                 command, start, pos = frame
-                rc = self._handle_frame(command, buf, start, pos)
+                # 0xF6 keeps the type and QoS bits, drops DUP and RETAIN.
+                if command & 0xF6 in _FAST_COMMANDS and self.on_publish_received is not None:
+                    fast_rc = self._fast_publish(command, data, start, pos)
+                    rc = (self._paho_handle(command, data, start, pos) if fast_rc is None
+                          else fast_rc)
+                else:
+                    rc = self._paho_handle(command, data, start, pos)
                 if rc != _SUCCESS or self._sock is not sock:
                     break
         except MalformedPacket as exc:
             self._easy_log(MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)
             rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
-        del buf[:pos]
+        self._rbuf = data[pos:]
         return rc
 
-    def _handle_frame(self, command: int, buf: bytearray, start: int, end: int) -> MQTTErrorCode:
-        if command & 0xF0 == PUBLISH and command & 0x06 != 0x04 and self.on_publish_received:
-            rc = self._fast_publish(command, buf, start, end)
-            if rc is not None:
-                return rc
+    def _paho_handle(self, command: int, data: bytes, start: int, end: int) -> MQTTErrorCode:
         # paho's handlers read the packet from _in_packet, as its own reader leaves it.
         self._in_packet = {"command": command, "have_remaining": 1, "remaining_count": [],
                            "remaining_mult": 1, "remaining_length": end - start,
-                           "packet": bytearray(buf[start:end]), "to_process": 0, "pos": 0}
+                           "packet": bytearray(data[start:end]), "to_process": 0, "pos": 0}
         return self._packet_handle()
 
-    def _fast_publish(self, command: int, buf: bytearray, start: int,
+    def _fast_publish(self, command: int, data: bytes, start: int,
                       end: int) -> MQTTErrorCode | None:
         """A QoS 0/1 PUBLISH to `on_publish_received`; None hands it to paho."""
         qos = (command >> 1) & 0x03
         if end - start < 2:
             raise MalformedPacket("PUBLISH without a topic length")
-        pos = start + 2 + (buf[start] << 8 | buf[start + 1])
-        if pos == start + 2:
+        topic_end = start + 2 + (data[start] << 8 | data[start + 1])
+        if topic_end == start + 2:
             return None  # empty topic (an MQTT 5 alias): paho's handler decides
-        topic_bytes = bytes(buf[start + 2:pos])
+        pos = topic_end
         mid = 0
         if qos:
             if pos + 2 > end:
                 raise MalformedPacket("PUBLISH without a message id")
-            mid = buf[pos] << 8 | buf[pos + 1]
+            mid = data[pos] << 8 | data[pos + 1]
             pos += 2
         if self._protocol == MQTTProtocolVersion.MQTTv5:
-            properties_length, pos = _varint(buf, pos, end)
-            pos += properties_length
+            if pos < end and data[pos] < 0x80:  # properties length < 128: one byte
+                pos += 1 + data[pos]
+            else:
+                properties_length, pos = _varint(data, pos, end)
+                pos += properties_length
         if pos > end:
             raise MalformedPacket("PUBLISH shorter than its header")
         try:
-            topic = topic_bytes.decode()
+            topic = data[start + 2:topic_end].decode()
         except UnicodeDecodeError:
             return None
         callback = self.on_publish_received
         if callback is None:
             return None
         try:
-            callback(topic, bytes(buf[pos:end]), qos, mid, bool(command & 0x01))
+            callback(topic, data[pos:end], qos, mid, command & 0x01 == 1)
         except Exception as err:
             self._easy_log(MQTT_LOG_ERR, "Caught exception in on_publish_received: %s", err)
             if not self.suppress_exceptions:

@@ -8,6 +8,7 @@ milliseconds, so documents carry `ts` (a datetime) and `ts_ns` (the exact int).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -65,8 +66,18 @@ def ns_to_datetime(ts_ns: int) -> datetime:
     return EPOCH + timedelta(milliseconds=ts_ns // NS_PER_MS)
 
 
+@functools.lru_cache(maxsize=1024)
+def _iso_second(seconds: int) -> str:
+    return (EPOCH + timedelta(seconds=seconds)).isoformat()[:19]  # YYYY-MM-DDTHH:MM:SS
+
+
 def ns_to_iso(ts_ns: int) -> str:
-    return ns_to_datetime(ts_ns).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """`2026-01-02T03:04:05.678Z`, truncated to milliseconds like ns_to_datetime.
+    Every reading the bridge forwards goes through here: building a datetime
+    each time was ~2 µs of its ~20 µs per message, so the second's text is
+    cached (readings arrive in time order, so most share their second)."""
+    seconds, millis = divmod(ts_ns // NS_PER_MS, 1000)
+    return f"{_iso_second(seconds)}.{millis:03d}Z"
 
 
 def datetime_to_ns(moment: datetime) -> int:

@@ -12,8 +12,10 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 from confluent_kafka import KafkaError, Message
+from prometheus_client import Histogram
 
-from bridge.forwarder import Forwarder
+from bridge import metrics
+from bridge.forwarder import Forwarder, _observe_many
 from bridge.kafka_health import KafkaHealth
 from bridge.routes import load_routes
 from bridge.subscriptions import subscription_filters
@@ -185,3 +187,45 @@ def test_acks_of_one_poll_go_out_as_one_batch_after_kafka() -> None:
     forwarder._send_acks()  # nothing new: no empty batch
     assert client.batches == [[21, 22, 23], [24]]
     assert client.acks == [] and forwarder.in_flight == 0
+
+
+def _histogram_samples(histogram: Histogram) -> dict[tuple[str, str], float]:
+    return {(s.name, s.labels.get("le", "")): s.value
+            for metric in histogram.collect() for s in metric.samples
+            if not s.name.endswith("_created")}
+
+
+def test_observe_many_matches_observe_one_by_one() -> None:
+    buckets = (0.001, 0.01, 0.1, 1, 10)
+    one, many = (Histogram(f"t_{name}", "t", buckets=buckets, registry=None)
+                 for name in ("one", "many"))
+    now_ns = time.time_ns()
+    # On the bounds, between them, past the last, and negative (a clock step).
+    received = [now_ns - int(s * 1e9) for s in (0.001, 0.0005, 0.05, 0.1, 3.0, 99.0, -0.5)]
+    for r in received:
+        one.observe((now_ns - r) / 1e9)
+    _observe_many(many, now_ns, received)
+    expected = {(name.replace("t_one", "t_many"), le): value
+                for (name, le), value in _histogram_samples(one).items()}
+    assert _histogram_samples(many) == pytest.approx(expected)
+
+
+def test_after_poll_reports_health_latency_and_acks_once_per_poll() -> None:
+    settings = get_settings().model_copy(update={"kafka_topic_dlq": "dlq"})
+    client, producer, health = BatchingClient(), FakeProducer(), KafkaHealth()
+    routes = load_routes(settings, topic_prefix=PREFIX)
+    forwarder = Forwarder(settings, routes, client, producer,  # type: ignore[arg-type]
+                          health, (PREFIX + "sensors/#",))
+    health.down_since = time.monotonic()  # as after an outage
+    before = _histogram_samples(metrics.KAFKA_ACK_LATENCY)[("bridge_kafka_ack_seconds_count", "")]
+    payload = orjson.dumps({"ts": time.time(), "value": 1.0})
+    for mid in (31, 32):
+        client.on_publish_received(PREFIX + "sensors/d1/t", payload, 1, mid, False)
+    producer.deliver(0)
+    producer.deliver(1)
+    assert health.down_since is not None and client.batches == [], "reported before the poll ended"
+    forwarder._after_poll()
+    assert health.down_since is None, "a delivery did not mark Kafka reachable"
+    assert client.batches == [[31, 32]]
+    after = _histogram_samples(metrics.KAFKA_ACK_LATENCY)[("bridge_kafka_ack_seconds_count", "")]
+    assert after - before == 2

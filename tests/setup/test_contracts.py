@@ -14,6 +14,7 @@ from contracts.events import (
     datetime_to_ns,
     make_event_id,
     ns_to_datetime,
+    ns_to_iso,
 )
 from contracts.settings import Settings, get_settings
 
@@ -45,6 +46,16 @@ def test_datetime_conversions_are_integer_exact() -> None:
     ns = 1_700_000_000_123_000_000
     assert datetime_to_ns(ns_to_datetime(ns)) == ns
     assert ns_to_datetime(1_000_000).microsecond == 1000
+
+
+@pytest.mark.parametrize("ts_ns", [0, 1, -1, 999_999, 1_000_000, -1_000_001, BIG_NS,
+                                   253_402_300_799_999_999_999, -62_135_596_800 * 10**9])
+def test_ns_to_iso_matches_the_datetime_text(ts_ns: int) -> None:
+    # The cached-second formatting must give exactly what datetime.isoformat
+    # gives, truncating (not rounding) to milliseconds, on both sides of 1970.
+    text = ns_to_datetime(ts_ns).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert ns_to_iso(ts_ns) == text
+    assert ns_to_iso(BIG_NS) == "2023-11-14T22:13:20.123Z"
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "a+b", "#", "$where", "x" * 129, "tab\there", 5,
