@@ -5,8 +5,9 @@
 # Otherwise FerretDB 1.24 with its SQLite backend runs, embedded in our small
 # Go program local_stack/ferretdb (data in .stack/mongo/data). The program is
 # built once into .stack/bin/edgepipe-ferretdb and rebuilt only when its Go
-# sources change; it also has a `ping` mode (MongoDB Go driver) used as the
-# health check.
+# sources or our FerretDB patches (local_stack/ferretdb/patches, laid over a
+# copy of the module with `go build -overlay`) change; it also has a `ping`
+# mode (MongoDB Go driver) used as the health check.
 #
 # Settings (environment, then .env, then defaults):
 #   MONGO_PORT            27017
@@ -98,11 +99,78 @@ ping_ok() {
   fi
 }
 
+PATCH_DIR="$SRC_DIR/patches"
+BUILD_DIR="$STACK_DIR/build"
+FERRET_MOD=github.com/FerretDB/FerretDB
+
+# Our patched FerretDB sources: the .go files under patches/, as paths
+# relative to patches/ (= to the FerretDB module root).
+patch_files() {
+  (cd "$PATCH_DIR" && find . -type f -name '*.go' | sed 's|^\./||' | LC_ALL=C sort)
+}
+
 src_hash() {
+  local f
   {
     go version 2>/dev/null || true
-    cat "$SRC_DIR/go.mod" "$SRC_DIR/go.sum" "$SRC_DIR"/*.go
+    cat "$SRC_DIR/go.mod" "$SRC_DIR/go.sum" "$SRC_DIR"/*.go "$PATCH_DIR/upstream.sha256"
+    # names as well as contents: adding or renaming a patch rebuilds
+    while IFS= read -r f; do printf '%s\n' "$f"; cat "$PATCH_DIR/$f"; done < <(patch_files)
   } | sha256sum | cut -d' ' -f1
+}
+
+# Prepares the patched build of FerretDB (see "Patches" in README-mongo.md):
+#  - copies the FerretDB module source out of the module cache into
+#    .stack/build/ferretdb-<version> (Go refuses an -overlay of files beneath
+#    GOMODCACHE), once per version; the copy stays pristine;
+#  - refuses when a file we replace is not the one the patch was made from
+#    (patches/upstream.sha256), e.g. after a FerretDB version bump;
+#  - writes a go.mod (for -modfile) = ours + `replace FerretDB => the copy`,
+#    and the JSON for -overlay: each patches/<path> replaces (or, when
+#    FerretDB has no such file, adds) <path> in the copy. Paths differ per
+#    machine, hence generated here.
+prepare_patched_source() {
+  local mod ver copy f sep=""
+  mod="$(cd "$SRC_DIR" && go mod download "$FERRET_MOD" >&2 \
+    && go list -m -f '{{.Dir}} {{.Version}}' "$FERRET_MOD")" || true
+  ver="${mod##* }"
+  mod="${mod% *}"
+  if [[ -z "$mod" || ! -d "$mod" || -z "$ver" ]]; then
+    echo "local_stack: mongo cannot find the FerretDB module source (go list -m gave '$mod $ver')" >&2
+    return 1
+  fi
+  copy="$BUILD_DIR/ferretdb-$ver"
+  if [[ ! -f "$copy/.edgepipe-copied" ]]; then
+    [[ -d "$copy" ]] && chmod -R u+w "$copy" && rm -rf "$copy"
+    mkdir -p "$BUILD_DIR"
+    cp -R "$mod" "$copy.tmp"
+    chmod -R u+w "$copy.tmp" # module cache files are read-only; lets rm -rf work later
+    mv "$copy.tmp" "$copy"
+    touch "$copy/.edgepipe-copied"
+  fi
+  if ! (cd "$copy" && sha256sum --quiet -c "$PATCH_DIR/upstream.sha256"); then
+    echo "local_stack: FerretDB $ver sources differ from those local_stack/ferretdb/patches" \
+      "were made from (patches/upstream.sha256): redo the patches for this version" >&2
+    return 1
+  fi
+  { cat "$SRC_DIR/go.mod"; printf '\nreplace %s => %s\n' "$FERRET_MOD" "$copy"; } >"$BUILD_DIR/wrapper.mod"
+  cp "$SRC_DIR/go.sum" "$BUILD_DIR/wrapper.sum"
+  {
+    printf '{"Replace": {'
+    while IFS= read -r f; do
+      if [[ "$copy/$f$PATCH_DIR/$f" == *[\"\\]* ]]; then
+        echo "local_stack: mongo cannot write a quote or backslash path into the overlay: $f" >&2
+        return 1
+      fi
+      if [[ -e "$copy/$f" ]] && ! grep -qF "  $f" "$PATCH_DIR/upstream.sha256"; then
+        echo "local_stack: patch $f replaces an upstream file missing from patches/upstream.sha256" >&2
+        return 1
+      fi
+      printf '%s\n  "%s": "%s"' "$sep" "$copy/$f" "$PATCH_DIR/$f"
+      sep=","
+    done < <(patch_files)
+    printf '\n}}\n'
+  } >"$BUILD_DIR/overlay.json"
 }
 
 find_go() {
@@ -125,7 +193,9 @@ build_if_needed() {
   mkdir -p "$BIN_DIR"
   t0="$(stk_now)"
   stk_say "$SVC" "building FerretDB wrapper (first time takes about a minute)..."
-  if ! (cd "$SRC_DIR" && go build -buildvcs=false -trimpath -ldflags='-s -w' -o "$BIN.tmp" .) \
+  prepare_patched_source || stk_fail "$SVC"
+  if ! (cd "$SRC_DIR" && go build -buildvcs=false -trimpath -ldflags='-s -w' \
+    -modfile "$BUILD_DIR/wrapper.mod" -overlay "$BUILD_DIR/overlay.json" -o "$BIN.tmp" .) \
     >>"$(stk_logfile "$SVC")" 2>&1; then
     rm -f "$BIN.tmp"
     echo "local_stack: mongo build of local_stack/ferretdb failed" >&2

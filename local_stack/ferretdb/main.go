@@ -66,6 +66,12 @@ func ferretDBVersion() string {
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		for _, d := range bi.Deps {
 			if d.Path == "github.com/FerretDB/FerretDB" {
+				if d.Replace != nil {
+					// mongo.sh builds against a copy of the module with our
+					// patches laid over it (local_stack/ferretdb/patches)
+					return "FerretDB " + d.Version + "+edgepipe-patches"
+				}
+
 				return "FerretDB " + d.Version
 			}
 		}
