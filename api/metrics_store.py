@@ -6,35 +6,22 @@ can answer (see `api.metrics_plan` for why everything goes by `_id`)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
 from api.metrics_logic import MetricsRequest, Series, metric_values, reading_value
-from api.metrics_plan import (
-    MISSING,
-    SeriesRef,
-    WindowCache,
-    choose_series,
-    is_final,
-    split,
-    stats_ids,
-    watermark,
-)
-from contracts.events import NS_PER_MS, NS_PER_S, ns_to_datetime
-from contracts.windows import (
-    CHILDREN,
-    POINTS,
-    Moments,
-    children_from_document,
-    points_from_document,
-)
+from api.metrics_plan import MISSING, SeriesRef, WindowCache, choose_series, stats_ids
+from api.metrics_walk import Walk, WindowKey
+from contracts.events import NS_PER_MS, ns_to_datetime
+from contracts.windows import CHILDREN, POINTS, Moments
 
 Db = AsyncDatabase[dict[str, Any]]
 MOMENTS = {"count": 1, "mean": 1, "m2": 1, "min": 1, "max": 1}
-WITH_POINTS = {**MOMENTS, POINTS: 1}
-WITH_CHILDREN = {**MOMENTS, CHILDREN: 1}
+# A smallest window has points, a larger one children: one projection serves both.
+WITH_DETAIL = {**MOMENTS, POINTS: 1, CHILDREN: 1}
 
 
 @dataclass(slots=True)
@@ -61,7 +48,7 @@ async def resolve_series(db: Db, key: str) -> Series | None:
     return None
 
 
-async def raw_moments(db: Db, series: Series, parts: list[tuple[str | None, int, int]],
+async def raw_moments(db: Db, series: Series, parts: Sequence[tuple[str | None, int, int]],
                       moments: Moments) -> None:
     """Add the readings of `series` in each (device or any, lo, hi) to `moments`:
     one query (a scan on FerretDB), filtered exactly on `ts_ns` here."""
@@ -86,100 +73,63 @@ async def raw_moments(db: Db, series: Series, parts: list[tuple[str | None, int,
 
 
 class WindowReader:
-    """One request's window lookups: cached final windows, the rest fetched by
-    `_id` with at most `concurrency` in flight.
+    """One request's window documents: cached final windows, the rest fetched
+    by `_id $in` in rounds, at most `concurrency` finds in flight.
 
-    A range is solved top down: each window of the largest size overlapping it
-    is merged whole when inside the range; when the range ends inside it, its
-    children's moments (`children`) give the whole children, and only the child
-    cut by the range edge is opened, down to a smallest window whose points
-    give the readings. So a range costs a few documents per size, not one per
-    window: 24 h unaligned is 2 day windows, then 1 hour, 1 minute and 1 10 s
-    window per edge. Windows not closed yet, and documents without children or
-    points, fall back to the next smaller size and finally to raw readings."""
+    Each round walks the plan (`api.metrics_walk`) over what is known so far
+    and fetches every document the walk names in one find per projection, so
+    an ordinary range is one round; an empty window or a document without
+    children or points costs another round per level it falls back."""
 
     def __init__(self, db: Db, source: WindowSource) -> None:
         self.db, self.source = db, source
         self.limit = asyncio.Semaphore(source.concurrency)
         self.sizes = sorted(source.sizes_s)
-        self.lookups = 0
+        self.rounds = self.finds = self.documents = 0  # round trips, finds, ids asked
 
-    def worth_opening(self, level: int, lo: int, hi: int) -> bool:
-        """A cut window of a larger size helps only when a whole child of it
-        lies in [lo, hi); otherwise its children are read directly."""
-        if level == 0:
-            return True
-        child = self.sizes[level - 1] * NS_PER_S
-        return -(-lo // child) * child + child <= hi
+    async def moments(self, refs: list[SeriesRef], lo: int,
+                      hi: int) -> tuple[Moments, list[tuple[str, int, int]]]:
+        """The moments of the series' readings in [lo, hi) from windows, and the
+        (device, lo, hi) parts only raw readings answer."""
+        fetched: dict[WindowKey, dict[str, Any]] = {}
 
-    async def fetch(self, ref: SeriesRef, size_s: int, start_ns: int,
-                    detail: bool) -> dict[str, Any]:
-        key = (ref.window_id(size_s, start_ns), detail)
-        cached = self.source.cache.get(key)
-        if cached is not None:
-            return cached
-        projection = MOMENTS
-        if detail:
-            projection = WITH_POINTS if size_s == self.sizes[0] else WITH_CHILDREN
-        async with self.limit:
-            self.lookups += 1
-            doc = await self.db.windows.find_one({"_id": key[0]}, projection)
-        doc = MISSING if doc is None else doc
-        if is_final(ref, start_ns + size_s * NS_PER_S, self.source.grace_ns,
-                    self.source.lateness_ns):
-            self.source.cache.put(key, doc)
-        return doc
+        def known(key: WindowKey) -> dict[str, Any] | None:
+            doc = fetched.get(key)
+            return doc if doc is not None else self.source.cache.get(key)
 
-    async def solve(self, ref: SeriesRef, lo: int, hi: int, level: int, moments: Moments,
-                    raw: list[tuple[int, int]]) -> None:
-        """Merge the series' readings in [lo, hi) into `moments` using windows of
-        `self.sizes[level]` and smaller; append what only raw readings answer."""
-        step = self.sizes[level] * NS_PER_S
-        await asyncio.gather(*(self.part(ref, level, start, a, b, moments, raw)
-                               for start, a, b in split(lo, hi, step)))
+        # Ends: every round makes each wanted key known, and a known key is
+        # never wanted again; a request has finitely many window keys.
+        while True:
+            walk = Walk(self.sizes, self.source.grace_ns, self.source.lateness_ns,
+                        known).run(refs, lo, hi)
+            if not walk.wanted:
+                return walk.moments, walk.raw
+            await self.fetch(walk.wanted, fetched)
 
-    async def part(self, ref: SeriesRef, level: int, start: int, lo: int, hi: int,
-                   moments: Moments, raw: list[tuple[int, int]]) -> None:
-        size_s = self.sizes[level]
-        end = start + size_s * NS_PER_S
-        if end > watermark(ref, self.source.grace_ns):  # not closed yet
-            if level:
-                await self.solve(ref, lo, hi, level - 1, moments, raw)
-            else:
-                raw.append((lo, hi))
-            return
-        whole = lo == start and hi == end
-        if not whole and not self.worth_opening(level, lo, hi):
-            await self.solve(ref, lo, hi, level - 1, moments, raw)
-            return
-        doc = await self.fetch(ref, size_s, start, not whole)
-        if doc is MISSING or int(doc["count"]) == 0:
-            return  # closed and empty
-        if whole:
-            moments.merge(Moments.from_dict(doc))
-        elif level == 0:
-            points = points_from_document(doc)
-            if points is None:  # over the points cap, or written without them
-                raw.append((lo, hi))
-                return
-            for ts_ns, value in points:
-                if lo <= ts_ns < hi:
-                    moments.add(value)
-        else:
-            children = children_from_document(doc, self.sizes[level - 1])
-            if children is None:
-                await self.solve(ref, lo, hi, level - 1, moments, raw)
-                return
-            child_ns = self.sizes[level - 1] * NS_PER_S
-            cut = []
-            for child_start, child in children:
-                child_end = child_start + child_ns
-                if lo <= child_start and child_end <= hi:
-                    moments.merge(child)
-                elif child_start < hi and lo < child_end:
-                    cut.append(self.part(ref, level - 1, child_start, max(lo, child_start),
-                                         min(hi, child_end), moments, raw))
-            await asyncio.gather(*cut)
+    async def fetch(self, wanted: dict[WindowKey, bool],
+                    fetched: dict[WindowKey, dict[str, Any]]) -> None:
+        """Fetch the wanted documents into `fetched` (MISSING where none is
+        stored) and cache the final ones."""
+        self.rounds += 1
+        self.documents += len(wanted)
+        by_detail: dict[bool, list[str]] = {}
+        for window_id, detail in wanted:
+            by_detail.setdefault(detail, []).append(window_id)
+
+        async def find(detail: bool, ids: list[str]) -> tuple[bool, list[dict[str, Any]]]:
+            async with self.limit:
+                self.finds += 1
+                cursor = self.db.windows.find({"_id": {"$in": ids}},
+                                              WITH_DETAIL if detail else MOMENTS)
+                return detail, await cursor.to_list(None)
+
+        found = await asyncio.gather(*(find(d, ids) for d, ids in by_detail.items()))
+        docs = {(doc["_id"], detail): doc for detail, batch in found for doc in batch}
+        for key, final in wanted.items():
+            doc = docs.get(key, MISSING)
+            fetched[key] = doc
+            if final:
+                self.source.cache.put(key, doc)
 
 
 async def key_moments(db: Db, reader: WindowReader | None, key: str, device_id: str | None,
@@ -189,9 +139,8 @@ async def key_moments(db: Db, reader: WindowReader | None, key: str, device_id: 
     if reader is not None:
         projection = {"device_id": 1, "sensor": 1, "field": 1, "last_ts_ns": 1}
         if device_id is not None:  # by `_id`: pushed down
-            found = await asyncio.gather(*(db.stats.find_one({"_id": i}, projection)
-                                           for i in stats_ids(key, device_id)))
-            stats = [doc for doc in found if doc is not None]
+            stats = await db.stats.find({"_id": {"$in": stats_ids(key, device_id)}},
+                                        projection).to_list(None)
         else:  # one scan of `iot.stats`: one small document per series
             sensor = key.rpartition(".")[0]
             stats = await db.stats.find({"sensor": {"$in": [key, sensor]}},
@@ -203,12 +152,8 @@ async def key_moments(db: Db, reader: WindowReader | None, key: str, device_id: 
             await raw_moments(db, series, [(device_id, start_ns, end_ns)], moments)
         return moments
     series, refs = chosen
-    top = len(reader.sizes) - 1
-    raws: list[list[tuple[int, int]]] = [[] for _ in refs]
-    await asyncio.gather(*(reader.solve(ref, start_ns, end_ns, top, moments, raw)
-                           for ref, raw in zip(refs, raws, strict=True)))
-    await raw_moments(db, series, [(ref.device_id, lo, hi) for ref, raw in
-                                   zip(refs, raws, strict=True) for lo, hi in raw], moments)
+    moments, raw = await reader.moments(refs, start_ns, end_ns)
+    await raw_moments(db, series, raw, moments)
     return moments
 
 
