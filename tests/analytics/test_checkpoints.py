@@ -245,14 +245,7 @@ def test_assignment_re_reads_up_to_the_committed_offsets(
     for batch in parts[5:]:
         first.handle(batch, now_ns=0)
     del first  # killed: the checkpoint covers parts[:5], the loop committed everything
-    ends: dict[int, int] = {}
-    for batch in parts:
-        for partition, offset in zip(batch.partitions, batch.offsets, strict=True):
-            ends[partition] = max(ends.get(partition, 0), offset + 1)
-    group = kafka_consumer(settings, settings.worker_group)
-    group.commit(offsets=[TopicPartition(settings.kafka_topic_readings, p, o)
-                          for p, o in ends.items()], asynchronous=False)
-    group.close()
+    commit_ends(settings, parts)
 
     before = caught_up()
     second = AnalyticsStage(settings, kafka_producer(settings), db,
