@@ -11,10 +11,11 @@ import time
 from typing import Any
 
 import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from bridge.raw_sink import RawSink
 from bridge.sink_batch import Batch
-from contracts.clients import kafka_consumer
+from contracts.clients import SAFE_CONSUMER, kafka_consumer
 from contracts.settings import Settings
 from tests.bridge.test_raw_sink import SinkThread, committed, produce, readings, wait_for
 from tests.faults.harness import service_stopped
@@ -120,3 +121,64 @@ def test_membership_lost_in_a_kafka_outage_with_batches_in_flight(
         thread.join(30)
     assert not [r for r in caplog.records if r.getMessage() == "sink offset gap"]
     assert sink.readings.count_documents({}) == total
+
+
+class SeekFailsConsumer(Consumer):
+    """The real consumer, except that seek() fails as librdkafka's does for a
+    partition whose fetcher is not started or is stopping (_STATE). Records
+    what the keepalive poll returned."""
+
+    def __init__(self, conf: dict[str, Any]) -> None:
+        super().__init__(conf)
+        self.polled: list[Message] = []
+        self.seeks = 0
+
+    def poll(self, timeout: float = -1) -> Message | None:
+        msg = super().poll(timeout)
+        if msg is not None and msg.error() is None:
+            self.polled.append(msg)
+        return msg
+
+    def seek(self, partition: TopicPartition) -> None:
+        self.seeks += 1
+        raise KafkaException(KafkaError(KafkaError._STATE))
+
+
+def test_a_record_the_keepalive_poll_returns_is_written(services: Settings, mongo: Any) -> None:
+    """While a write is held the sink polls (paused) to keep its membership;
+    librdkafka drops what it prefetched for paused partitions, so that poll
+    returns a record only from a partition assigned inside it. That record
+    must be written before its offset is committed. The sink used to seek()
+    back to it and drop it, so a failed seek left the position past a record
+    nobody wrote, and the next commit skipped it for good."""
+    settings = services.model_copy(update={"bridge_sink_batch_size": 50})
+    topic, total = settings.kafka_topic_readings, 200
+    produce(settings, topic, [r.to_json() for r in readings(total)])
+    db = mongo[settings.mongo_db]
+    consumer = SeekFailsConsumer({"bootstrap.servers": settings.kafka_bootstrap,
+                                  "group.id": settings.bridge_sink_group, **SAFE_CONSUMER})
+    sink = RawSink(settings, consumer, db)
+    consumer.subscribe([topic, settings.kafka_topic_dlq], on_assign=sink._on_assign,
+                       on_revoke=sink._on_revoke, on_lost=sink._on_lost)
+    stop = threading.Event()
+    try:
+        # Nothing is assigned yet, so nothing is paused: the first keepalive poll
+        # joins the group, is assigned the partitions and returns their first record.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not consumer.polled:
+            sink._wait_paused(1.0)
+        assert consumer.polled, "the keepalive poll returned no record"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (
+                db.readings.count_documents({}) == total and committed(settings, topic) == total):
+            sink._step(0.2, stop)
+        while sink._pending:
+            sink._wait_oldest(1.0)
+            sink._commit_written()
+    finally:
+        stop.set()
+        sink._writer.shutdown(wait=True)
+        consumer.close()
+    assert committed(settings, topic) == total
+    seqs = {d["seq"] for d in db.readings.find({}, {"seq": 1})}
+    assert seqs == set(range(total)), f"missing seq {sorted(set(range(total)) - seqs)[:10]}"
