@@ -145,7 +145,8 @@ def _start_forwarder(settings: Settings, routes: list[Route], stop: threading.Ev
 
 
 def _start_sink(settings: Settings) -> tuple[RawSink, threading.Thread, threading.Event]:
-    consumer = kafka_consumer(settings, settings.bridge_sink_group)
+    consumer = kafka_consumer(settings, settings.bridge_sink_group, **{
+        "session.timeout.ms": settings.bridge_sink_session_timeout_ms})
     db = mongo_client(settings)[settings.mongo_db]
     raw_sink = RawSink(settings, consumer, db)
     sink_stop = threading.Event()
