@@ -24,6 +24,7 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Any
@@ -34,6 +35,7 @@ from pymongo.errors import PyMongoError
 
 from bridge import metrics
 from bridge.sink_batch import Batch, Document, build_batch, offset_jumps
+from bridge.sink_watchdog import abandon, call_within
 from contracts.collections import DEAD_LETTERS, READINGS, ensure_indexes, insert_idempotent
 from contracts.errors import ServiceUnavailable
 from contracts.settings import Settings
@@ -51,6 +53,9 @@ _PIPELINE_DEPTH = 2
 _WRITE_CHUNK = 500
 # While a write takes longer than this, the waiting consumer still polls (paused).
 _KEEPALIVE_POLL_S = 1.0
+# A synchronous commit blocks while Kafka is away and fails once it is back;
+# one still blocked this long has lost its coordinator for good (sink_watchdog).
+_COMMIT_HANG_S = 60.0
 
 def _raise_if_fatal(messages: list[Message]) -> None:
     """A fatal consumer error (librdkafka gives no more records after it) ends
@@ -65,8 +70,12 @@ def _raise_if_fatal(messages: list[Message]) -> None:
 
 
 class RawSink:
-    def __init__(self, settings: Settings, consumer: Consumer, db: Database[Document]) -> None:
+    def __init__(self, settings: Settings, consumer: Consumer, db: Database[Document],
+                 make_consumer: Callable[[], Consumer] | None = None) -> None:
         self.settings, self.consumer = settings, consumer
+        # Builds a replacement when a commit hangs; None: the sink stops instead.
+        self._make_consumer = make_consumer
+        self.replaced = 0
         self.readings = db["readings"]
         self.dead_letters = db["dead_letters"]
         self.mongo_up = True
@@ -74,6 +83,7 @@ class RawSink:
         self.last_write = time.monotonic()
         self.written = self.duplicates = self.batches = 0
         self.released = 0  # partitions revoked or lost, for tests and logs
+        self._in_callback = False  # a rebalance callback runs inside this consumer's call
         self._indexes_ready = False
         self._last_lag = 0.0
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sink-write")
@@ -96,12 +106,15 @@ class RawSink:
         return self.mongo_up, {"mongo_up": self.mongo_up, "retrying_s": round(stuck_s, 1),
                                "written": self.written, "duplicates": self.duplicates}
 
-    def run(self, stop: threading.Event) -> None:
+    def subscribe(self) -> None:
         topics = [self.settings.kafka_topic_readings, self.settings.kafka_topic_dlq]
         self.consumer.subscribe(topics, on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
-        log.info("sink started", extra={"topics": topics,
-                                        "group": self.settings.bridge_sink_group})
+        log.info("sink subscribed", extra={"topics": topics,
+                                           "group": self.settings.bridge_sink_group})
+
+    def run(self, stop: threading.Event) -> None:
+        self.subscribe()
         wait_s = self.settings.bridge_sink_batch_wait_ms / 1000
         try:
             while not stop.is_set():
@@ -238,6 +251,8 @@ class RawSink:
                         extra={"error": str(exc)})
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self.consumer:
+            return  # a replaced consumer closing on its own thread
         keys = {(tp.topic, tp.partition) for tp in partitions}
         self._assigned |= keys
         for key in keys:  # fetching restarts at the committed offset
@@ -248,12 +263,19 @@ class RawSink:
         # Still the owner: what is written already is committed. Writes in
         # flight are not waited for: blocking the rebalance for them could
         # outlast max.poll.interval.ms, and their records are simply read again.
-        self._commit_written()
+        if consumer is not self.consumer:
+            return
+        self._in_callback = True
+        try:
+            self._commit_written()
+        finally:
+            self._in_callback = False
         self._release(partitions, "revoked")
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # The group has moved on: another member may own these already.
-        self._release(partitions, "lost")
+        if consumer is self.consumer:
+            self._release(partitions, "lost")
 
     def _release(self, partitions: list[TopicPartition], how: str) -> None:
         keys = {(tp.topic, tp.partition) for tp in partitions}
@@ -289,13 +311,34 @@ class RawSink:
                    if (t, p) in self._assigned]
         if not offsets:
             return
+        consumer = self.consumer
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+            if self._in_callback:  # inside the consumer's own call: no other thread may enter
+                consumer.commit(offsets=offsets, asynchronous=False)
+            elif not call_within("commit", lambda: consumer.commit(
+                    offsets=offsets, asynchronous=False), _COMMIT_HANG_S):
+                self._replace_consumer()
         except KafkaException as exc:
             # Partitions moved to another member mid-batch: it rereads them,
             # and the duplicate-key no-ops make that harmless.
             log.warning("offset commit failed; records will be read again",
                         extra={"error": str(exc)})
+
+    def _replace_consumer(self) -> None:
+        """A new member reads everything not committed again (duplicate-key
+        no-ops); the old one closes, and leaves the group, whenever its hung
+        call returns."""
+        log.error("kafka commit hung; replacing the sink's consumer",
+                  extra={"after_s": _COMMIT_HANG_S, "has_factory": bool(self._make_consumer)})
+        if self._make_consumer is None:
+            raise ServiceUnavailable("raw sink: kafka commit hung")
+        keys = set(self._assigned).union(*(batch.offsets for _, batch in self._pending))
+        self._release([TopicPartition(t, p) for t, p in keys], "abandoned")
+        self._carried.clear()
+        old, self.consumer = self.consumer, self._make_consumer()
+        abandon(old)
+        self.replaced += 1
+        self.subscribe()
 
     def _mark_down(self, exc: PyMongoError) -> None:
         if self.mongo_up:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from bridge import raw_sink
 from bridge.raw_sink import RawSink
 from bridge.sink_batch import Batch
 from contracts.clients import SAFE_CONSUMER, kafka_consumer
@@ -182,3 +183,49 @@ def test_a_record_the_keepalive_poll_returns_is_written(services: Settings, mong
     assert committed(settings, topic) == total
     seqs = {d["seq"] for d in db.readings.find({}, {"seq": 1})}
     assert seqs == set(range(total)), f"missing seq {sorted(set(range(total)) - seqs)[:10]}"
+
+
+class CommitHangsConsumer(Consumer):
+    """The real consumer, except that its first commit blocks until `release`
+    is set, as librdkafka's does once it has lost its group coordinator for
+    good (seen after the single broker restarted)."""
+
+    def __init__(self, conf: dict[str, Any], release: threading.Event) -> None:
+        super().__init__(conf)
+        self.release, self.hung = release, False
+
+    def commit(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.hung:
+            self.hung = True
+            self.release.wait(120)
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+        return super().commit(*args, **kwargs)
+
+
+def test_a_hung_commit_replaces_the_consumer(services: Settings, mongo: Any,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sink does not wait for a commit forever: after _COMMIT_HANG_S it
+    abandons the consumer, a new one joins and reads everything uncommitted
+    again, and every record is written and committed."""
+    monkeypatch.setattr(raw_sink, "_COMMIT_HANG_S", 2.0)
+    settings = services.model_copy(update={"bridge_sink_batch_size": 50})
+    topic, total = settings.kafka_topic_readings, 300
+    produce(settings, topic, [r.to_json() for r in readings(total)])
+    db = mongo[settings.mongo_db]
+    release, stop = threading.Event(), threading.Event()
+    first = CommitHangsConsumer({"bootstrap.servers": settings.kafka_bootstrap,
+                                 "group.id": settings.bridge_sink_group, **SAFE_CONSUMER}, release)
+    sink = RawSink(settings, first, db,
+                   lambda: kafka_consumer(settings, settings.bridge_sink_group))
+    thread = threading.Thread(target=sink.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: db.readings.count_documents({}) == total
+                 and committed(settings, topic) == total, 60, "everything written and committed")
+    finally:
+        release.set()
+        stop.set()
+        thread.join(30)
+    assert first.hung and sink.replaced == 1 and sink.consumer is not first
+    seqs = {d["seq"] for d in db.readings.find({}, {"seq": 1})}
+    assert seqs == set(range(total))
