@@ -104,5 +104,5 @@ def test_a_released_partition_drops_the_records_carried_from_a_keepalive_poll() 
     sink, _ = sink_with()
     sink._assigned = {("r", 0), ("r", 1)}
     sink._carried = [Msg(0), Msg(1)]  # type: ignore[list-item]
-    sink._on_lost(None, [TopicPartition("r", 0)])  # type: ignore[arg-type]
+    sink._on_lost(sink.consumer, [TopicPartition("r", 0)])
     assert [m.partition() for m in sink._carried] == [1]
