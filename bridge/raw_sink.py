@@ -15,7 +15,9 @@ partitions), on a lost assignment (session expired, e.g. Kafka away longer
 than session.timeout.ms) it may not commit at all. Either way the revoked
 partitions' offsets are dropped from the batches still pending, and an offset
 is only ever committed for a partition assigned at that moment: their records
-are read again by whoever owns them next, a duplicate-key no-op.
+are read again by whoever owns them next, a duplicate-key no-op. A record is
+never consumed without going into a batch (the keepalive poll's included),
+and a commit that hangs replaces the consumer (sink_watchdog).
 """
 
 from __future__ import annotations
