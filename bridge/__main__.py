@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from confluent_kafka import Consumer
+
 from bridge.forwarder import PRODUCER_TUNING, Forwarder
 from bridge.kafka_health import KafkaHealth
 from bridge.mqtt_fast import FastAckClient
@@ -145,9 +147,12 @@ def _start_forwarder(settings: Settings, routes: list[Route], stop: threading.Ev
 
 
 def _start_sink(settings: Settings) -> tuple[RawSink, threading.Thread, threading.Event]:
-    consumer = kafka_consumer(settings, settings.bridge_sink_group)
+    def make_consumer() -> Consumer:
+        return kafka_consumer(settings, settings.bridge_sink_group, **{
+            "session.timeout.ms": settings.bridge_sink_session_timeout_ms})
+
     db = mongo_client(settings)[settings.mongo_db]
-    raw_sink = RawSink(settings, consumer, db)
+    raw_sink = RawSink(settings, make_consumer(), db, make_consumer)
     sink_stop = threading.Event()
     thread = threading.Thread(target=raw_sink.run, args=(sink_stop,), name="raw-sink")
     thread.start()

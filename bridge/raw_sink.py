@@ -15,7 +15,9 @@ partitions), on a lost assignment (session expired, e.g. Kafka away longer
 than session.timeout.ms) it may not commit at all. Either way the revoked
 partitions' offsets are dropped from the batches still pending, and an offset
 is only ever committed for a partition assigned at that moment: their records
-are read again by whoever owns them next, a duplicate-key no-op.
+are read again by whoever owns them next, a duplicate-key no-op. A record is
+never consumed without going into a batch (the keepalive poll's included),
+and a commit that hangs replaces the consumer (sink_watchdog).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Any
@@ -33,7 +36,8 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from bridge import metrics
-from bridge.sink_batch import Batch, Document, build_batch
+from bridge.sink_batch import Batch, Document, build_batch, offset_jumps
+from bridge.sink_watchdog import abandon, call_within
 from contracts.collections import DEAD_LETTERS, READINGS, ensure_indexes, insert_idempotent
 from contracts.errors import ServiceUnavailable
 from contracts.settings import Settings
@@ -51,6 +55,9 @@ _PIPELINE_DEPTH = 2
 _WRITE_CHUNK = 500
 # While a write takes longer than this, the waiting consumer still polls (paused).
 _KEEPALIVE_POLL_S = 1.0
+# A synchronous commit blocks while Kafka is away and fails once it is back;
+# one still blocked this long has lost its coordinator for good (sink_watchdog).
+_COMMIT_HANG_S = 60.0
 
 def _raise_if_fatal(messages: list[Message]) -> None:
     """A fatal consumer error (librdkafka gives no more records after it) ends
@@ -65,8 +72,12 @@ def _raise_if_fatal(messages: list[Message]) -> None:
 
 
 class RawSink:
-    def __init__(self, settings: Settings, consumer: Consumer, db: Database[Document]) -> None:
+    def __init__(self, settings: Settings, consumer: Consumer, db: Database[Document],
+                 make_consumer: Callable[[], Consumer] | None = None) -> None:
         self.settings, self.consumer = settings, consumer
+        # Builds a replacement when a commit hangs; None: the sink stops instead.
+        self._make_consumer = make_consumer
+        self.replaced = 0
         self.readings = db["readings"]
         self.dead_letters = db["dead_letters"]
         self.mongo_up = True
@@ -74,6 +85,7 @@ class RawSink:
         self.last_write = time.monotonic()
         self.written = self.duplicates = self.batches = 0
         self.released = 0  # partitions revoked or lost, for tests and logs
+        self._in_callback = False  # a rebalance callback runs inside this consumer's call
         self._indexes_ready = False
         self._last_lag = 0.0
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sink-write")
@@ -81,6 +93,9 @@ class RawSink:
         self._abandoned = False  # a batch was left unwritten: commit nothing after it
         self._assigned: set[tuple[str, int]] = set()
         self._last_poll = time.monotonic()
+        # Records a keepalive poll returned: they lead the next batch (see _wait_paused).
+        self._carried: list[Message] = []
+        self._paused = False  # a resume after the keepalive poll failed: retried before consuming
         # (topic, partition) -> offset after the last record consumed, to log gaps.
         self._next_offset: dict[tuple[str, int], int] = {}
 
@@ -93,12 +108,15 @@ class RawSink:
         return self.mongo_up, {"mongo_up": self.mongo_up, "retrying_s": round(stuck_s, 1),
                                "written": self.written, "duplicates": self.duplicates}
 
-    def run(self, stop: threading.Event) -> None:
+    def subscribe(self) -> None:
         topics = [self.settings.kafka_topic_readings, self.settings.kafka_topic_dlq]
         self.consumer.subscribe(topics, on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
-        log.info("sink started", extra={"topics": topics,
-                                        "group": self.settings.bridge_sink_group})
+        log.info("sink subscribed", extra={"topics": topics,
+                                           "group": self.settings.bridge_sink_group})
+
+    def run(self, stop: threading.Event) -> None:
+        self.subscribe()
         wait_s = self.settings.bridge_sink_batch_wait_ms / 1000
         try:
             while not stop.is_set():
@@ -130,7 +148,11 @@ class RawSink:
             self._wait_oldest(wait_s)
             self._commit_written()
             return True
-        messages = self.consumer.consume(self.settings.bridge_sink_batch_size, wait_s)
+        if self._paused:
+            self._resume()
+        carried, self._carried = self._carried, []
+        messages = carried + self.consumer.consume(
+            max(1, self.settings.bridge_sink_batch_size - len(carried)), wait_s)
         self._last_poll = time.monotonic()
         if not messages:
             return False
@@ -202,24 +224,37 @@ class RawSink:
         self.last_write = time.monotonic()
 
     def _wait_paused(self, seconds: float) -> None:
-        """Keep the group membership alive without taking new records: a
-        message the poll returns anyway (fetched before the pause, or from a
-        partition assigned meanwhile) is rewound, so it is consumed again."""
+        """Keep the group membership alive without taking new records. Pausing
+        makes librdkafka drop what it prefetched for the paused partitions and
+        fetch again from the application's position on resume, so the poll can
+        only return a record of a partition assigned inside it (the rebalance
+        callbacks run there). That record is kept and leads the next batch:
+        nothing is rewound with seek(), whose failure would have dropped the
+        record while the position stayed past it (a committed skip)."""
         try:
             self.consumer.pause(self.consumer.assignment())
+            self._paused = True
             msg = self.consumer.poll(seconds)
             self._last_poll = time.monotonic()
             if msg is not None and msg.error() is None and msg.topic() is not None:
-                key = (str(msg.topic()), int(msg.partition() or 0))
-                if key in self._assigned:
-                    self.consumer.seek(TopicPartition(key[0], key[1], int(msg.offset() or 0)))
-            # The assignment may have changed inside the poll (rebalance callbacks).
-            self.consumer.resume(self.consumer.assignment())
+                self._carried.append(msg)
         except KafkaException as exc:
-            log.warning("pause/seek while waiting for MongoDB failed",
+            log.warning("pause while waiting for a write failed",
+                        extra={"error": str(exc)})
+        # The assignment may have changed inside the poll (rebalance callbacks).
+        self._resume()
+
+    def _resume(self) -> None:
+        try:
+            self.consumer.resume(self.consumer.assignment())
+            self._paused = False
+        except KafkaException as exc:
+            log.warning("resume after waiting for a write failed; retried before consuming",
                         extra={"error": str(exc)})
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self.consumer:
+            return  # a replaced consumer closing on its own thread
         keys = {(tp.topic, tp.partition) for tp in partitions}
         self._assigned |= keys
         for key in keys:  # fetching restarts at the committed offset
@@ -230,12 +265,19 @@ class RawSink:
         # Still the owner: what is written already is committed. Writes in
         # flight are not waited for: blocking the rebalance for them could
         # outlast max.poll.interval.ms, and their records are simply read again.
-        self._commit_written()
+        if consumer is not self.consumer:
+            return
+        self._in_callback = True
+        try:
+            self._commit_written()
+        finally:
+            self._in_callback = False
         self._release(partitions, "revoked")
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # The group has moved on: another member may own these already.
-        self._release(partitions, "lost")
+        if consumer is self.consumer:
+            self._release(partitions, "lost")
 
     def _release(self, partitions: list[TopicPartition], how: str) -> None:
         keys = {(tp.topic, tp.partition) for tp in partitions}
@@ -246,6 +288,9 @@ class RawSink:
                 del batch.offsets[key]
                 dropped += 1
         self._assigned -= keys
+        # Their next owner (perhaps this member again) fetches from the committed offset.
+        self._carried = [m for m in self._carried
+                         if (str(m.topic()), int(m.partition() or 0)) not in keys]
         for key in keys:
             self._next_offset.pop(key, None)
         # A revoke is routine (another member, shutdown); a lost assignment is not.
@@ -253,15 +298,14 @@ class RawSink:
                 extra={"partitions": sorted(keys), "uncommitted_offsets_dropped": dropped})
 
     def _check_gaps(self, batch: Batch) -> None:
-        """Logs a partition whose records did not follow on from the last ones
-        consumed (the readings topics have no transaction markers): a skipped
-        record would otherwise only show as a missing document much later."""
-        for key, start in batch.starts.items():
-            expected = self._next_offset.get(key)
-            if expected is not None and start != expected:
+        """A skipped record would otherwise only show as a missing document much later."""
+        for key, expected, got in offset_jumps(self._next_offset, batch):
+            if got > expected:
                 log.warning("sink offset gap", extra={"partition": key, "expected": expected,
-                                                      "got": start})
-            self._next_offset[key] = batch.offsets[key]
+                                                      "got": got})
+            else:  # harmless: read again (see offset_jumps)
+                log.debug("sink offset rewind", extra={"partition": key, "expected": expected,
+                                                       "got": got})
 
     def _commit(self, batch: Batch) -> None:
         # Never for a partition not assigned now: its new owner's position rules.
@@ -269,13 +313,34 @@ class RawSink:
                    if (t, p) in self._assigned]
         if not offsets:
             return
+        consumer = self.consumer
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+            if self._in_callback:  # inside the consumer's own call: no other thread may enter
+                consumer.commit(offsets=offsets, asynchronous=False)
+            elif not call_within("commit", lambda: consumer.commit(
+                    offsets=offsets, asynchronous=False), _COMMIT_HANG_S):
+                self._replace_consumer()
         except KafkaException as exc:
             # Partitions moved to another member mid-batch: it rereads them,
             # and the duplicate-key no-ops make that harmless.
             log.warning("offset commit failed; records will be read again",
                         extra={"error": str(exc)})
+
+    def _replace_consumer(self) -> None:
+        """A new member reads everything not committed again (duplicate-key
+        no-ops); the old one closes, and leaves the group, whenever its hung
+        call returns."""
+        log.error("kafka commit hung; replacing the sink's consumer",
+                  extra={"after_s": _COMMIT_HANG_S, "has_factory": bool(self._make_consumer)})
+        if self._make_consumer is None:
+            raise ServiceUnavailable("raw sink: kafka commit hung")
+        keys = set(self._assigned).union(*(batch.offsets for _, batch in self._pending))
+        self._release([TopicPartition(t, p) for t, p in keys], "abandoned")
+        self._carried.clear()
+        old, self.consumer = self.consumer, self._make_consumer()
+        abandon(old)
+        self.replaced += 1
+        self.subscribe()
 
     def _mark_down(self, exc: PyMongoError) -> None:
         if self.mongo_up:

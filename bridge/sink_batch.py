@@ -69,3 +69,20 @@ def build_batch(messages: list[Message], readings_topic: str) -> Batch:
                                 payload=value, received_at_ns=time.time_ns())
             batch.dead_letters.append(letter.to_document())
     return batch
+
+
+def offset_jumps(next_offset: dict[tuple[str, int], int],
+                 batch: Batch) -> list[tuple[tuple[str, int], int, int]]:
+    """(partition, expected, got) for each partition whose records in `batch` do
+    not follow on from the last ones consumed; updates `next_offset`. The
+    readings topics have no transaction markers, so got > expected means a
+    skipped record; got < expected is a harmless step back (records read
+    again, e.g. stale records a consume() returned together with the rebalance
+    that re-assigned their partition, then the fetch from the committed offset)."""
+    jumps = []
+    for key, start in batch.starts.items():
+        expected = next_offset.get(key)
+        if expected is not None and start != expected:
+            jumps.append((key, expected, start))
+        next_offset[key] = batch.offsets[key]
+    return jumps

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     bridge_sink_group: str = "raw-sink"
     bridge_sink_batch_size: int = Field(2000, ge=1)
     bridge_sink_batch_wait_ms: int = Field(200, ge=0)
+    # The raw sink's Kafka group session (librdkafka's default). Kafka away longer
+    # than this loses the sink's partitions; it rejoins once Kafka is back.
+    bridge_sink_session_timeout_ms: int = Field(45_000, ge=6_000)
     # Prepended to every route's MQTT filter (tests and multi-tenant brokers).
     bridge_topic_prefix: str = ""
     # Stable MQTT client id, so a restarted bridge resumes its persistent session:

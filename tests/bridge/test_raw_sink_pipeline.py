@@ -10,7 +10,7 @@ from typing import Any
 from confluent_kafka import TopicPartition
 
 from bridge.raw_sink import RawSink
-from bridge.sink_batch import Batch
+from bridge.sink_batch import Batch, offset_jumps
 from contracts.settings import get_settings
 
 
@@ -77,3 +77,32 @@ def test_a_lost_assignment_commits_nothing_for_its_partitions() -> None:
     first.set_result(True)
     sink._commit_written()
     assert consumer.commits == [], "committed an offset consumed under the lost assignment"
+
+
+def test_offset_jumps_tell_a_skip_from_a_step_back() -> None:
+    next_offset: dict[tuple[str, int], int] = {}
+    first = Batch(offsets={("r", 0): 10, ("r", 1): 4}, starts={("r", 0): 0, ("r", 1): 0})
+    assert offset_jumps(next_offset, first) == []  # nothing consumed before: no reference
+    follows = Batch(offsets={("r", 0): 20}, starts={("r", 0): 10})
+    assert offset_jumps(next_offset, follows) == []
+    skipped = Batch(offsets={("r", 0): 30, ("r", 1): 8}, starts={("r", 0): 21, ("r", 1): 2})
+    assert offset_jumps(next_offset, skipped) == [(("r", 0), 20, 21), (("r", 1), 4, 2)]
+    assert next_offset == {("r", 0): 30, ("r", 1): 8}
+
+
+def test_a_released_partition_drops_the_records_carried_from_a_keepalive_poll() -> None:
+    class Msg:
+        def __init__(self, partition: int) -> None:
+            self.p = partition
+
+        def topic(self) -> str:
+            return "r"
+
+        def partition(self) -> int:
+            return self.p
+
+    sink, _ = sink_with()
+    sink._assigned = {("r", 0), ("r", 1)}
+    sink._carried = [Msg(0), Msg(1)]  # type: ignore[list-item]
+    sink._on_lost(sink.consumer, [TopicPartition("r", 0)])
+    assert [m.partition() for m in sink._carried] == [1]

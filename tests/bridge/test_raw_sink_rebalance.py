@@ -11,10 +11,12 @@ import time
 from typing import Any
 
 import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from bridge import raw_sink
 from bridge.raw_sink import RawSink
 from bridge.sink_batch import Batch
-from contracts.clients import kafka_consumer
+from contracts.clients import SAFE_CONSUMER, kafka_consumer
 from contracts.settings import Settings
 from tests.bridge.test_raw_sink import SinkThread, committed, produce, readings, wait_for
 from tests.faults.harness import service_stopped
@@ -120,3 +122,110 @@ def test_membership_lost_in_a_kafka_outage_with_batches_in_flight(
         thread.join(30)
     assert not [r for r in caplog.records if r.getMessage() == "sink offset gap"]
     assert sink.readings.count_documents({}) == total
+
+
+class SeekFailsConsumer(Consumer):
+    """The real consumer, except that seek() fails as librdkafka's does for a
+    partition whose fetcher is not started or is stopping (_STATE). Records
+    what the keepalive poll returned."""
+
+    def __init__(self, conf: dict[str, Any]) -> None:
+        super().__init__(conf)
+        self.polled: list[Message] = []
+        self.seeks = 0
+
+    def poll(self, timeout: float = -1) -> Message | None:
+        msg = super().poll(timeout)
+        if msg is not None and msg.error() is None:
+            self.polled.append(msg)
+        return msg
+
+    def seek(self, partition: TopicPartition) -> None:
+        self.seeks += 1
+        raise KafkaException(KafkaError(KafkaError._STATE))
+
+
+def test_a_record_the_keepalive_poll_returns_is_written(services: Settings, mongo: Any) -> None:
+    """While a write is held the sink polls (paused) to keep its membership;
+    librdkafka drops what it prefetched for paused partitions, so that poll
+    returns a record only from a partition assigned inside it. That record
+    must be written before its offset is committed. The sink used to seek()
+    back to it and drop it, so a failed seek left the position past a record
+    nobody wrote, and the next commit skipped it for good."""
+    settings = services.model_copy(update={"bridge_sink_batch_size": 50})
+    topic, total = settings.kafka_topic_readings, 200
+    produce(settings, topic, [r.to_json() for r in readings(total)])
+    db = mongo[settings.mongo_db]
+    consumer = SeekFailsConsumer({"bootstrap.servers": settings.kafka_bootstrap,
+                                  "group.id": settings.bridge_sink_group, **SAFE_CONSUMER})
+    sink = RawSink(settings, consumer, db)
+    consumer.subscribe([topic, settings.kafka_topic_dlq], on_assign=sink._on_assign,
+                       on_revoke=sink._on_revoke, on_lost=sink._on_lost)
+    stop = threading.Event()
+    try:
+        # Nothing is assigned yet, so nothing is paused: the first keepalive poll
+        # joins the group, is assigned the partitions and returns their first record.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not consumer.polled:
+            sink._wait_paused(1.0)
+        assert consumer.polled, "the keepalive poll returned no record"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (
+                db.readings.count_documents({}) == total and committed(settings, topic) == total):
+            sink._step(0.2, stop)
+        while sink._pending:
+            sink._wait_oldest(1.0)
+            sink._commit_written()
+    finally:
+        stop.set()
+        sink._writer.shutdown(wait=True)
+        consumer.close()
+    assert committed(settings, topic) == total
+    seqs = {d["seq"] for d in db.readings.find({}, {"seq": 1})}
+    assert seqs == set(range(total)), f"missing seq {sorted(set(range(total)) - seqs)[:10]}"
+
+
+class CommitHangsConsumer(Consumer):
+    """The real consumer, except that its first commit blocks until `release`
+    is set, as librdkafka's does once it has lost its group coordinator for
+    good (seen after the single broker restarted)."""
+
+    def __init__(self, conf: dict[str, Any], release: threading.Event) -> None:
+        super().__init__(conf)
+        self.release, self.hung = release, False
+
+    def commit(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.hung:
+            self.hung = True
+            self.release.wait(120)
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+        return super().commit(*args, **kwargs)
+
+
+def test_a_hung_commit_replaces_the_consumer(services: Settings, mongo: Any,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sink does not wait for a commit forever: after _COMMIT_HANG_S it
+    abandons the consumer, a new one joins and reads everything uncommitted
+    again, and every record is written and committed."""
+    monkeypatch.setattr(raw_sink, "_COMMIT_HANG_S", 2.0)
+    settings = services.model_copy(update={"bridge_sink_batch_size": 50})
+    topic, total = settings.kafka_topic_readings, 300
+    produce(settings, topic, [r.to_json() for r in readings(total)])
+    db = mongo[settings.mongo_db]
+    release, stop = threading.Event(), threading.Event()
+    first = CommitHangsConsumer({"bootstrap.servers": settings.kafka_bootstrap,
+                                 "group.id": settings.bridge_sink_group, **SAFE_CONSUMER}, release)
+    sink = RawSink(settings, first, db,
+                   lambda: kafka_consumer(settings, settings.bridge_sink_group))
+    thread = threading.Thread(target=sink.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: db.readings.count_documents({}) == total
+                 and committed(settings, topic) == total, 60, "everything written and committed")
+    finally:
+        release.set()
+        stop.set()
+        thread.join(30)
+    assert first.hung and sink.replaced == 1 and sink.consumer is not first
+    seqs = {d["seq"] for d in db.readings.find({}, {"seq": 1})}
+    assert seqs == set(range(total))

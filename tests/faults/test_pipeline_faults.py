@@ -42,6 +42,8 @@ SURVIVOR_BOUND_S = 60.0
 RESTART_DELAY_S = 10.0
 # Readings flow this long before the fault, so it lands mid-stream.
 LEAD_IN_S = 3.0
+# The raw sink's session in (c'): well inside the outage.
+SHORT_SESSION_MS = 10_000
 
 
 @pytest.fixture(scope="module")
@@ -124,19 +126,50 @@ def _outage(service: str) -> Callable[[], None]:
     return fault
 
 
+# The raw sink no longer skips or hangs here (see test_raw_sink_rebalance), but
+# the scenario is not yet reliable for two other parts, so it stays expected to fail.
+_KAFKA_OUTAGE_NOT_RELIABLE = pytest.mark.xfail(reason=(
+    "not yet reliable, no longer because of the raw sink: with its fixes (keepalive record "
+    "kept, hung commit replaces the consumer) 7 runs of (c) and 7 of (c') logged no 'sink "
+    "offset gap' and every delivery check that ran found 400 of 400 once; but once in a "
+    "folder run the bridge's /ready (forwarder: deliveries pending, no 'kafka unreachable' "
+    "logged) was not back within 60 s of Kafka's return, and the worker scored the probe "
+    "after 21 and 23 s and once not within 30 s (send_offsets_to_transaction hung, clients "
+    "rebuilt, then the analytics load on assignment timed out)"), strict=False)
+
+
 @pytest.mark.timeout(360)
-@pytest.mark.xfail(reason=(
-    "not yet shown reliable: the record the raw sink once skipped (1 of 400, in Kafka, absent "
-    "from iot.readings, committed offset past it; seen with the earlier synchronous sink) is "
-    "not explained, and one failure in a full-folder run was not diagnosed. Since the sink's "
-    "rebalance handling was hardened it passed 10 of 10 runs, its session expired in only one "
-    "(with no batch in flight), so that path is barely exercised here; the sink now logs "
-    "'sink offset gap' if a partition's records ever skip an offset"), strict=False)
+@_KAFKA_OUTAGE_NOT_RELIABLE
 def test_kafka_down_for_30_s(request: pytest.FixtureRequest, pipeline: Pipeline,
                              mongo: MongoClient[dict[str, Any]]) -> None:
+    """Kafka is away about 50 s here (stop, 30 s, start and load), so the raw
+    sink's 45 s session often expires too; (c') makes sure it does."""
     pipeline.add_bridge("bridge")
     pipeline.add_worker("worker")
     run_scenario(request, pipeline, mongo, "c_kafka_down", 200, _outage("kafka"))
+    log = pipeline.procs["bridge"].log_path.read_text(errors="replace")
+    assert "sink offset gap" not in log
+
+
+@pytest.mark.timeout(360)
+@_KAFKA_OUTAGE_NOT_RELIABLE
+def test_kafka_down_past_the_sink_session(request: pytest.FixtureRequest, pipeline: Pipeline,
+                                          mongo: MongoClient[dict[str, Any]]) -> None:
+    """(c'): as (c), with the raw sink's session (10 s) far shorter than the
+    outage, so its partitions are always lost and assigned again once Kafka
+    is back, which (c) does only when Kafka stays away longer than 45 s. No
+    record may be skipped on the way. (Its writes are done by the time the
+    session expires, nothing arrives meanwhile; the loss with writes in
+    flight is test_raw_sink_rebalance's.)"""
+    pipeline.add_bridge("bridge", BRIDGE_SINK_SESSION_TIMEOUT_MS=str(SHORT_SESSION_MS))
+    pipeline.add_worker("worker")
+    run_scenario(request, pipeline, mongo, "c2_kafka_down_sink_session_lost", 200,
+                 _outage("kafka"))
+    log = pipeline.procs["bridge"].log_path.read_text(errors="replace")
+    # Lost, or its consumer replaced after a commit hung with the session expired.
+    assert "sink partitions lost" in log or "kafka commit hung" in log, \
+        "the sink's session did not expire"
+    assert "sink offset gap" not in log
 
 
 @pytest.mark.timeout(360)
