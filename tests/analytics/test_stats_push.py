@@ -113,7 +113,7 @@ def wait_for_final(collector: MqttCollector, final: dict[str, dict],
         time.sleep(0.1)
 
 
-@pytest.mark.parametrize("interval_s", [1.0, 0.0])
+@pytest.mark.parametrize("interval_s", [5.0, 0.0])
 def test_subscriber_gets_final_snapshots_and_fewer_messages_than_batches(
         kafka_topics: Settings, mongo: MongoClient[dict[str, Any]], publisher: mqtt.Client,
         unique: str, interval_s: float) -> None:
@@ -127,7 +127,8 @@ def test_subscriber_gets_final_snapshots_and_fewer_messages_than_batches(
         started = time.monotonic()
         for batch in parts:
             stage.handle(batch, now_ns=0)
-        fast = time.monotonic() - started < 0.9  # all batches inside one push interval
+        # All batches inside one push interval (5 s: so on a loaded machine too).
+        fast = time.monotonic() - started < interval_s * 0.9
         stage.close()
         assert len(stage.stats_push) == 0, "nothing held back after shutdown"
         latest = wait_for_final(collector, final)
