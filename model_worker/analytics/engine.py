@@ -166,13 +166,22 @@ class AnalyticsEngine:
         """Emit windows the stream time closed; forget windows and event ids
         beyond the allowed lateness (nothing can change them any more)."""
         stream, grace, lateness = series.stream_ns, self.policy.grace_ns, self.policy.lateness_ns
+        # Per size the bounds on a window's start, not its end per window: this
+        # runs over every kept window of each series in every batch.
         for state in series.fields.values():
-            for by_start in state.windows.values():
-                for start, window in list(by_start.items()):
-                    if window.dirty and stream >= window.end_ns + grace:
+            for size_s, by_start in state.windows.items():
+                close_from = stream - grace - size_s * NS_PER_S  # end + grace <= stream
+                drop_from = close_from - lateness
+                gone: list[int] = []
+                for start, window in by_start.items():
+                    if start > close_from:
+                        continue
+                    if window.dirty:
                         _emit(state, window, "stream", out)
-                    if not window.dirty and stream >= window.end_ns + grace + lateness:
-                        del by_start[start]
+                    if start <= drop_from:
+                        gone.append(start)
+                for start in gone:
+                    del by_start[start]
         base = self.policy.base_ns
         for start in [s for s in series.seen if stream >= s + base + grace + lateness]:
             del series.seen[start]

@@ -74,7 +74,11 @@ def merge_children(policy: WindowPolicy, fields_list: list[FieldState],
                 groups.field_idx.tolist(), groups.start_ns.tolist(), groups.count.tolist(),
                 groups.mean.tolist(), groups.m2.tolist(), groups.min.tolist(),
                 groups.max.tolist(), strict=True):
-            parent = fields_list[fpos].windows[sizes[level]][start - start % step]
-            if parent.children is not None:
-                parent.children.setdefault(start, Moments()).merge(
-                    Moments(count, mean, m2, lo, hi))
+            children = fields_list[fpos].windows[sizes[level]][start - start % step].children
+            if children is None:
+                continue
+            child = children.get(start)
+            if child is None:  # what merging into an empty Moments gives, one object less
+                children[start] = Moments(count, mean, m2, lo, hi)
+            else:
+                child.merge(Moments(count, mean, m2, lo, hi))
