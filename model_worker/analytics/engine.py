@@ -20,8 +20,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from contracts.events import NS_PER_S, Reading
-from contracts.windows import Moments
-from model_worker.analytics.merge import merge_children, merge_points, merge_windows
+from model_worker.analytics.merge import (
+    merge_children,
+    merge_moments,
+    merge_points,
+    merge_windows,
+)
 from model_worker.analytics.policy import Emissions, WindowPolicy, reading_fields
 from model_worker.analytics.reduce import (
     SortedEntries,
@@ -157,7 +161,7 @@ class AnalyticsEngine:
             state = fields_list[fpos]
             if state.stats.count == 0 or first < state.first_ts_ns:
                 state.first_ts_ns = first
-            state.stats.merge(Moments(count, mean, m2, lo, hi))
+            merge_moments(state.stats, count, mean, m2, lo, hi)
             if last >= state.last_ts_ns:
                 state.last_ts_ns, state.last_value = last, last_value
             out.stats.append(state)
