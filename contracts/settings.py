@@ -134,6 +134,11 @@ class Settings(BaseSettings):
     # more than everything else analytics does. 0: at every checkpoint. Ignored when the
     # checkpoint interval is 0.
     analytics_stats_interval_s: float = Field(10.0, ge=0)
+    # Least seconds between MQTT statistics pushes: a statistics message is a cumulative
+    # snapshot, so within the interval only each series' latest one is kept, and sent once
+    # it is up (also from the idle tick, and on revoke and shutdown). Publishing one costs
+    # about as much as analysing the reading when batches come fast. 0: every batch.
+    analytics_stats_push_interval_s: float = Field(1.0, ge=0)
     # Readings kept inside each smallest-size window document (0: none), so the API answers
     # a range edge inside it without a raw range query; fuller windows carry none.
     analytics_window_points_max: int = Field(100, ge=0)

@@ -20,8 +20,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from contracts.events import NS_PER_S, Reading
-from contracts.windows import Moments
-from model_worker.analytics.merge import merge_children, merge_points, merge_windows
+from model_worker.analytics.merge import (
+    merge_children,
+    merge_moments,
+    merge_points,
+    merge_windows,
+)
 from model_worker.analytics.policy import Emissions, WindowPolicy, reading_fields
 from model_worker.analytics.reduce import (
     SortedEntries,
@@ -157,7 +161,7 @@ class AnalyticsEngine:
             state = fields_list[fpos]
             if state.stats.count == 0 or first < state.first_ts_ns:
                 state.first_ts_ns = first
-            state.stats.merge(Moments(count, mean, m2, lo, hi))
+            merge_moments(state.stats, count, mean, m2, lo, hi)
             if last >= state.last_ts_ns:
                 state.last_ts_ns, state.last_value = last, last_value
             out.stats.append(state)
@@ -166,13 +170,22 @@ class AnalyticsEngine:
         """Emit windows the stream time closed; forget windows and event ids
         beyond the allowed lateness (nothing can change them any more)."""
         stream, grace, lateness = series.stream_ns, self.policy.grace_ns, self.policy.lateness_ns
+        # Per size the bounds on a window's start, not its end per window: this
+        # runs over every kept window of each series in every batch.
         for state in series.fields.values():
-            for by_start in state.windows.values():
-                for start, window in list(by_start.items()):
-                    if window.dirty and stream >= window.end_ns + grace:
+            for size_s, by_start in state.windows.items():
+                close_from = stream - grace - size_s * NS_PER_S  # end + grace <= stream
+                drop_from = close_from - lateness
+                gone: list[int] = []
+                for start, window in by_start.items():
+                    if start > close_from:
+                        continue
+                    if window.dirty:
                         _emit(state, window, "stream", out)
-                    if not window.dirty and stream >= window.end_ns + grace + lateness:
-                        del by_start[start]
+                    if start <= drop_from:
+                        gone.append(start)
+                for start in gone:
+                    del by_start[start]
         base = self.policy.base_ns
         for start in [s for s in series.seen if stream >= s + base + grace + lateness]:
             del series.seen[start]

@@ -1,14 +1,15 @@
 """`AnalyticsStage`: the worker-loop stage that runs the pure analytics engine
 on each batch and writes what it produced.
 
-Per batch, the closed windows and the changed statistics go out on MQTT (live)
-and the windows are queued for Kafka; every ANALYTICS_CHECKPOINT_INTERVAL_S a
-checkpoint writes the windows since the last one to MongoDB (and the
-statistics changed since they were last written, every
-ANALYTICS_STATS_INTERVAL_S: an upsert per series is FerretDB's dearest write),
-flushes Kafka, and only then replaces each changed partition's state document
-- holding its last applied offset (`checkpoint.py`). A crash loses at most what
-came after the last checkpoint: on start the state is loaded, readings at
+Per batch, the closed windows go out on MQTT (live) and are queued for Kafka,
+and the changed statistics are pushed on MQTT at most every
+ANALYTICS_STATS_PUSH_INTERVAL_S (latest snapshot per series, `push.py`).
+Every ANALYTICS_CHECKPOINT_INTERVAL_S a checkpoint writes the windows since the
+last one to MongoDB (and the statistics changed since they were last written,
+every ANALYTICS_STATS_INTERVAL_S: an upsert per series is FerretDB's dearest
+write), flushes Kafka, and only then replaces each changed partition's state
+document - holding its last applied offset (`checkpoint.py`). A crash loses at
+most what came after the last checkpoint: on start the state is loaded, readings at
 offsets up to it are skipped, and the readings between it and the first offset
 the loop delivers (committed by the loop meanwhile) are read again from Kafka
 (`replay.py`), so windows and statistics come out as if nothing had happened.
@@ -36,6 +37,7 @@ from model_worker.analytics import metrics
 from model_worker.analytics.checkpoint import Checkpoint, CheckpointWriter, Pending
 from model_worker.analytics.engine import AnalyticsEngine, Emissions, WindowPolicy
 from model_worker.analytics.metrics import EmissionCounter
+from model_worker.analytics.push import StatsPush
 from model_worker.analytics.replay import committed_offsets, read_range
 from model_worker.analytics.state import PartitionState
 from model_worker.stage import ConsumedBatch
@@ -68,6 +70,7 @@ class AnalyticsStage:
         self.replay_chunk = settings.worker_batch_size
         self.mqtt_window_topic = settings.analytics_mqtt_window_topic
         self.mqtt_stats_topic = settings.analytics_mqtt_stats_topic
+        self.stats_push = StatsPush(settings.analytics_stats_push_interval_s, self._publish_stats)
         self.state_prefix = f"{settings.worker_group}|{settings.kafka_topic_readings}"
         self.pending = Pending()
         # Statistics not yet written to MongoDB, held over checkpoints until the stats
@@ -106,6 +109,7 @@ class AnalyticsStage:
     def tick(self, now_ns: int) -> None:
         try:
             self.writer.check()
+            self.stats_push.push_if_due(time.monotonic())
             out = self.engine.idle_close(now_ns)
             if out.windows:
                 self._record(out)
@@ -145,7 +149,9 @@ class AnalyticsStage:
         self._forget(partitions)
 
     def flush(self) -> None:
-        """A synchronous checkpoint of everything applied so far, statistics included."""
+        """A synchronous checkpoint of everything applied so far, statistics included;
+        the statistics held back from MQTT are pushed."""
+        self.stats_push.push()
         if self.pending or self.held_stats:
             self._checkpoint(wait=True, all_stats=True)
         else:
@@ -222,8 +228,7 @@ class AnalyticsStage:
         self.writer.produce([(d["device_id"].encode(), p)
                              for d, p in zip(window_docs, payloads, strict=True)])
         self._publish(self.mqtt_window_topic, window_docs, payloads)
-        self._publish(self.mqtt_stats_topic, stats_docs,
-                      [orjson.dumps(doc) for doc in stats_docs])
+        self.stats_push.offer(stats_docs, time.monotonic())
         self.pending.windows.update((d["_id"], d) for d in window_docs)
         self.pending.stats.update((d["_id"], d) for d in stats_docs)
         self.pending.partitions |= out.partitions
@@ -250,7 +255,9 @@ class AnalyticsStage:
         self.writer.submit(Checkpoint(list(pending.windows.values()), stats, states), wait=wait)
 
     def _reset(self) -> None:
-        """Forget everything not checkpointed; it is recomputed from the last checkpoint."""
+        """Forget everything not checkpointed; it is recomputed from the last checkpoint.
+        Held snapshots still go out: a replay of the same readings ends at the same ones."""
+        self.stats_push.push()
         try:
             self.writer.wait()
         except Exception as exc:
@@ -264,6 +271,9 @@ class AnalyticsStage:
             self.engine.partitions.pop(partition, None)
             self._behind.discard(partition)
             self._fresh.discard(partition)
+
+    def _publish_stats(self, docs: list[dict[str, Any]]) -> None:
+        self._publish(self.mqtt_stats_topic, docs, [orjson.dumps(doc) for doc in docs])
 
     def _publish(self, template: str, docs: list[dict[str, Any]],
                  payloads: list[bytes]) -> None:
