@@ -9,7 +9,6 @@ to us, which bounds our memory and stops new work while Kafka is away.
 
 from __future__ import annotations
 
-import bisect
 import collections
 import gc
 import logging
@@ -19,13 +18,13 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from confluent_kafka import KafkaError, Message, Producer
-from prometheus_client import Histogram
 
 from bridge import metrics
 from bridge.codecs import decode
 from bridge.kafka_health import KafkaHealth
-from bridge.routes import Route, key_for, match_route
+from bridge.routes import Route, key_for
 from bridge.subscriptions import client_id_for, split_owner, subscription_filters
+from bridge.topic_cache import QOS_HEADER, RETAIN_HEADER, TopicCache
 from contracts.dead_letters import DeadLetter
 from contracts.errors import DecodeError
 from contracts.settings import Settings
@@ -42,34 +41,9 @@ PRODUCER_TUNING: dict[str, Any] = {
 }
 _RETRY_BACKOFF_MAX_S = 30.0
 _DEAD_LETTER_LOG_INTERVAL_S = 5.0
-# Topics seen -> route match and the headers that depend only on the topic.
-# Devices publish to the same few topics over and over; cleared when full so a
-# stream of one-off topics cannot grow it without bound.
-_TOPIC_CACHE_MAX = 20_000
 # Gen-0 collections every 700 container allocations are most of the GC cost at
 # 10k+ messages/s (each message lives until Kafka acks it); 20k keeps memory flat.
 _GC_GEN0_THRESHOLD = 20_000
-_QOS_HEADER = {q: ("mqtt_qos", b"%d" % q) for q in range(3)}
-_RETAIN_HEADER = {False: ("mqtt_retain", b"0"), True: ("mqtt_retain", b"1")}
-
-
-def _observe_many(histogram: Histogram, now_ns: int, received_ns: list[int]) -> None:
-    """`histogram.observe((now_ns - r) / 1e9)` for every r, but one lock per
-    bucket touched: prometheus_client has no bulk observe, so this adds to its
-    bucket and sum values directly, and falls back to observe() if those
-    internals are not there."""
-    bounds = getattr(histogram, "_upper_bounds", None)
-    buckets = getattr(histogram, "_buckets", None)
-    total = getattr(histogram, "_sum", None)
-    seconds = [(now_ns - r) / 1e9 for r in received_ns]
-    if bounds is None or buckets is None or total is None:
-        for value in seconds:
-            histogram.observe(value)
-        return
-    counts = collections.Counter(bisect.bisect_left(bounds, value) for value in seconds)
-    for index, count in counts.items():
-        buckets[index].inc(count)
-    total.inc(sum(seconds))
 
 
 class _Pending:
@@ -84,19 +58,6 @@ class _Pending:
 
     def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         self.forwarder._delivered(self, err, msg)
-
-
-class _TopicInfo:
-    """What a topic decides once: its route (or None) and the topic's headers."""
-
-    __slots__ = ("codec_header", "fields", "route", "route_header", "topic_header")
-
-    def __init__(self, topic: str, matched: tuple[Route, dict[str, str]] | None) -> None:
-        self.route: Route | None = matched[0] if matched else None
-        self.fields: dict[str, str] = matched[1] if matched else {}
-        self.topic_header = ("mqtt_topic", topic.encode())
-        self.route_header = ("route", self.route.name.encode() if self.route else b"")
-        self.codec_header = ("codec", self.route.codec.encode() if self.route else b"")
 
 
 class Forwarder:
@@ -121,7 +82,7 @@ class Forwarder:
         self._retries: collections.deque[tuple[float, int, Message, _Pending]] = (
             collections.deque())
         self._dead_letter_logged: dict[str, float] = {}
-        self._topics: dict[str, _TopicInfo] = {}
+        self._topics = TopicCache(routes)
         self._kafka_thread = threading.Thread(target=self._kafka_loop, name="kafka-poll",
                                               daemon=True)
         client.on_connect = self._on_connect
@@ -176,21 +137,13 @@ class Forwarder:
         payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
         self._forward(msg.topic, payload, msg.qos, msg.mid, bool(msg.retain))
 
-    def _topic_info(self, topic: str) -> _TopicInfo:
-        info = self._topics.get(topic)
-        if info is None:
-            if len(self._topics) >= _TOPIC_CACHE_MAX:
-                self._topics.clear()
-            info = self._topics[topic] = _TopicInfo(topic, match_route(self.routes, topic))
-        return info
-
     def _forward(self, topic: str, payload: bytes, qos: int, mid: int, retain: bool) -> None:
         """One MQTT message: decode, produce every record, PUBACK after Kafka has them."""
         if not self.accepting:
             return  # never acked: the broker redelivers it to our next session
         received_ns = time.time_ns()
         self.received += 1
-        info = self._topic_info(topic)
+        info = self._topics.get(topic)
         route = info.route
         split = self.settings.bridge_split_count
         if split > 1 and split_owner(topic, info.fields if route else None,
@@ -221,7 +174,7 @@ class Forwarder:
             self.acked_at_once += 1
             return
         headers: Headers = [
-            info.topic_header, _QOS_HEADER[qos], _RETAIN_HEADER[retain],
+            info.topic_header, QOS_HEADER[qos], RETAIN_HEADER[retain],
             ("received_at_ns", b"%d" % received_ns), info.route_header, info.codec_header,
         ]
         pending = _Pending(self, mid, qos, received_ns, len(records))
@@ -285,7 +238,7 @@ class Forwarder:
             self.kafka_health.on_delivered()
         if self._done_received_ns:
             done, self._done_received_ns = self._done_received_ns, []
-            _observe_many(metrics.KAFKA_ACK_LATENCY, time.time_ns(), done)
+            metrics.observe_many(metrics.KAFKA_ACK_LATENCY, time.time_ns(), done)
         self._send_acks()
 
     def _send_acks(self) -> None:

@@ -15,8 +15,9 @@ from confluent_kafka import KafkaError, Message
 from prometheus_client import Histogram
 
 from bridge import metrics
-from bridge.forwarder import Forwarder, _observe_many
+from bridge.forwarder import Forwarder
 from bridge.kafka_health import KafkaHealth
+from bridge.metrics import observe_many
 from bridge.routes import load_routes
 from bridge.subscriptions import subscription_filters
 from contracts.settings import Settings, get_settings
@@ -204,7 +205,7 @@ def test_observe_many_matches_observe_one_by_one() -> None:
     received = [now_ns - int(s * 1e9) for s in (0.001, 0.0005, 0.05, 0.1, 3.0, 99.0, -0.5)]
     for r in received:
         one.observe((now_ns - r) / 1e9)
-    _observe_many(many, now_ns, received)
+    observe_many(many, now_ns, received)
     expected = {(name.replace("t_one", "t_many"), le): value
                 for (name, le), value in _histogram_samples(one).items()}
     assert _histogram_samples(many) == pytest.approx(expected)
