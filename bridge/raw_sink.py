@@ -37,7 +37,8 @@ from pymongo.errors import PyMongoError
 
 from bridge import metrics
 from bridge.sink_batch import Batch, Document, build_batch, offset_jumps
-from bridge.sink_watchdog import abandon, call_within
+from bridge.sink_watchdog import abandon
+from contracts.clients import KafkaCallHung, call_within
 from contracts.collections import DEAD_LETTERS, READINGS, ensure_indexes, insert_idempotent
 from contracts.errors import ServiceUnavailable
 from contracts.settings import Settings
@@ -317,9 +318,11 @@ class RawSink:
         try:
             if self._in_callback:  # inside the consumer's own call: no other thread may enter
                 consumer.commit(offsets=offsets, asynchronous=False)
-            elif not call_within("commit", lambda: consumer.commit(
-                    offsets=offsets, asynchronous=False), _COMMIT_HANG_S):
-                self._replace_consumer()
+            else:
+                call_within("sink-commit", lambda: consumer.commit(
+                    offsets=offsets, asynchronous=False), _COMMIT_HANG_S)
+        except KafkaCallHung:
+            self._replace_consumer()
         except KafkaException as exc:
             # Partitions moved to another member mid-batch: it rereads them,
             # and the duplicate-key no-ops make that harmless.

@@ -1,4 +1,5 @@
-"""Bounded Kafka calls for the raw sink. librdkafka 2.x can lose its group
+"""Replacing the raw sink's consumer when a call to it hangs (bounded by
+contracts.clients.call_within). librdkafka 2.x can lose its group
 coordinator for good when the single broker restarts after an outage: the
 requests to it never leave the queue (`GroupCoordinator: Timed out ... 1
 out-queue` every socket.timeout.ms), a synchronous commit never returns and
@@ -10,34 +11,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 
 from confluent_kafka import Consumer
 
 log = logging.getLogger("bridge.sink")
-
-
-def call_within(what: str, action: Callable[[], object], timeout_s: float) -> bool:
-    """Runs `action` on a daemon thread (one stuck in librdkafka must not hold
-    up the interpreter's exit); False when it has not returned within
-    `timeout_s`, else True or the exception it raised."""
-    raised: list[BaseException] = []
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            action()
-        except BaseException as exc:  # handed to the caller below
-            raised.append(exc)
-        finally:
-            done.set()
-
-    threading.Thread(target=run, name=f"sink-{what}", daemon=True).start()
-    if not done.wait(timeout_s):
-        return False
-    if raised:
-        raise raised[0]
-    return True
 
 
 def abandon(consumer: Consumer) -> None:

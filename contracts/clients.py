@@ -6,15 +6,17 @@ extend but should not weaken."""
 from __future__ import annotations
 
 import ssl
+import threading
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from pymongo import AsyncMongoClient, MongoClient
 
-from contracts.errors import ConfigError, ServiceUnavailable
+from contracts.errors import ConfigError, EdgepipeError, ServiceUnavailable
 from contracts.settings import Settings
 
 # acks=all + idempotence: a reading is only "in Kafka" once every in-sync
@@ -34,6 +36,40 @@ SAFE_CONSUMER = {
     "enable.partition.eof": False,
     "isolation.level": "read_committed",
 }
+
+
+T = TypeVar("T")
+
+
+class KafkaCallHung(EdgepipeError):
+    """A librdkafka call outlived its timeout: its client is replaced."""
+
+
+def call_within(what: str, action: Callable[[], T], timeout_s: float) -> T:
+    """`action()` on a daemon thread, waited for at most `timeout_s`: its value,
+    or the exception it raised, or KafkaCallHung when it has not returned.
+    librdkafka 2.x can lose its group or transaction coordinator for good
+    after the broker restarts (issues 5456, 5511), and the calls to it then
+    never return. Daemon, not an executor's worker: a thread stuck in
+    librdkafka must not hold up the interpreter's exit."""
+    outcome: list[tuple[bool, object]] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append((True, action()))
+        except BaseException as exc:  # handed to the caller below
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=f"kafka-{what}", daemon=True).start()
+    if not done.wait(timeout_s):
+        raise KafkaCallHung(f"{what} did not return within {timeout_s:.0f} s (librdkafka hang)")
+    ok, value = outcome[0]
+    if not ok:
+        raise value  # type: ignore[misc]
+    return value  # type: ignore[return-value]
 
 
 def kafka_producer(settings: Settings, **overrides: Any) -> Producer:

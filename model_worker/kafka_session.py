@@ -32,7 +32,8 @@ from typing import TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
-from contracts.errors import EdgepipeError, ServiceUnavailable
+from contracts.clients import KafkaCallHung, call_within
+from contracts.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -79,10 +80,6 @@ CALL_GRACE_S = 5.0
 
 class KafkaRebuildFailed(ServiceUnavailable):
     """The Kafka clients could not be rebuilt within the bounds: exit non-zero."""
-
-
-class KafkaCallHung(EdgepipeError):
-    """A librdkafka call outlived its timeout: its client is replaced."""
 
 
 def kafka_error_of(exc: BaseException | None) -> KafkaError | None:
@@ -146,30 +143,14 @@ class KafkaSession:
         self._hung = False
 
     def call(self, what: str, action: Callable[[], T], timeout_s: float) -> T:
-        """`action()` (a call with `timeout_s` as its own timeout) on a daemon
-        thread; KafkaCallHung when it has not returned CALL_GRACE_S after that.
-        Daemon, not an executor's worker: a thread stuck in librdkafka must not
-        hold up the interpreter's exit."""
-        outcome: list[tuple[bool, object]] = []
-        done = threading.Event()
-
-        def run() -> None:
-            try:
-                outcome.append((True, action()))
-            except BaseException as exc:  # handed to the caller below
-                outcome.append((False, exc))
-            finally:
-                done.set()
-
-        threading.Thread(target=run, name=f"kafka-{what}", daemon=True).start()
-        if not done.wait(timeout_s + CALL_GRACE_S):
+        """`action()` (a call with `timeout_s` as its own timeout), bounded by
+        `call_within`: KafkaCallHung when it has not returned CALL_GRACE_S
+        after that, and the clients are then replaced."""
+        try:
+            return call_within(what, action, timeout_s + CALL_GRACE_S)
+        except KafkaCallHung:
             self._hung = True
-            raise KafkaCallHung(f"{what} did not return within {timeout_s + CALL_GRACE_S:.0f} s "
-                                "(librdkafka hang); replacing the Kafka clients")
-        ok, value = outcome[0]
-        if not ok:
-            raise value  # type: ignore[misc]
-        return value  # type: ignore[return-value]
+            raise
 
     def open(self, stop: threading.Event) -> bool:
         """New clients, transactions initialised and subscribed. False when
