@@ -131,12 +131,19 @@ def publish_all(sock: socket.socket, stream: bytes, offsets: list[int], window: 
         if want != lowat:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
             lowat = want
-        data = sock.recv(65_536)
-        if not data:
-            raise LoadError(f"broker closed the connection after {acked} PUBACKs")
-        count, pending = count_pubacks(pending + data)
+        count, pending = read_pubacks(sock, pending, acked)
         acked += count
     return acked
+
+
+def read_pubacks(sock: socket.socket, pending: bytes, acked: int,
+                 flags: int = 0) -> tuple[int, bytes]:
+    """One `recv`: the PUBACKs it completes and the bytes of a cut-off one
+    (`acked` only words the error when the broker closed the connection)."""
+    data = sock.recv(65_536, flags)
+    if not data:
+        raise LoadError(f"broker closed the connection after {acked} PUBACKs")
+    return count_pubacks(pending + data)
 
 
 def count_pubacks(received: bytes) -> tuple[int, bytes]:
@@ -168,18 +175,12 @@ def publish_paced(sock: socket.socket, topic: str, count: int, rate: float) -> i
         payload = orjson.dumps({"ts": time.time(), "value": 1.0, "seq": i})
         sock.sendall(publish_packet(topic_bytes, i % 65_535 + 1, payload))
         try:
-            data = sock.recv(65_536, socket.MSG_DONTWAIT)
+            done, pending = read_pubacks(sock, pending, acked, socket.MSG_DONTWAIT)
         except BlockingIOError:
             continue
-        if not data:
-            raise LoadError(f"broker closed the connection after {acked} PUBACKs")
-        done, pending = count_pubacks(pending + data)
         acked += done
     while acked < count:
-        data = sock.recv(65_536)
-        if not data:
-            raise LoadError(f"broker closed the connection after {acked} PUBACKs")
-        done, pending = count_pubacks(pending + data)
+        done, pending = read_pubacks(sock, pending, acked)
         acked += done
     return acked
 
