@@ -32,6 +32,7 @@ tests/bridge/test_mqtt_fast.py run these classes against the real broker.
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Sequence
 from time import monotonic as _time_func
@@ -41,7 +42,6 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.client import (
     MQTT_LOG_DEBUG,
     MQTT_LOG_ERR,
-    MQTT_LOG_WARNING,
     MQTTErrorCode,
     MQTTMessage,
     MQTTMessageInfo,
@@ -59,6 +59,9 @@ MAX_REMAINING_LENGTH = 268_435_455
 NO_MATCHING_SUBSCRIBERS = 16
 _SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
 _MID = struct.Struct("!H")
+REFUSAL_LOG_INTERVAL_S = 60.0
+
+log = logging.getLogger(__name__)
 
 
 def next_frame(buf: bytes | bytearray, start: int) -> tuple[int, int, int] | None:
@@ -165,6 +168,9 @@ class LeanClient(mqtt.Client):
         self._puback_reasons = {code: ReasonCode(PacketTypes.PUBACK, identifier=code)
                                 for code in (0, NO_MATCHING_SUBSCRIBERS)}
         self._puback_properties = Properties(PacketTypes.PUBACK)
+        self.refused_total = 0  # publishes the broker refused (PUBACK reason >= 0x80)
+        self._refusals_logged = 0
+        self._refusal_logged_at = -REFUSAL_LOG_INTERVAL_S
 
     def publish_many(self, messages: Sequence[tuple[str, bytes]], qos: int = 1,
                      retain: bool = False) -> list[MQTTMessageInfo]:
@@ -229,9 +235,19 @@ class LeanClient(mqtt.Client):
             message = self._out_messages.get(mid)
             if message is not None and isinstance(message.info, PublishInfo):
                 message.info.reason_code = reason_code
-            self._easy_log(MQTT_LOG_WARNING, "PUBLISH refused by the broker (Mid: %d): %s",
-                           mid, reason_code)
+            self._refused(message.topic if message is not None else "?", reason_code)
         return super()._do_on_publish(mid, reason_code, properties)
+
+    def _refused(self, topic: str, reason_code: ReasonCode) -> None:
+        """Logged here, at most once a minute: a publisher that does not wait
+        (analytics) would never hear of it, and a wrong ACL refuses every message."""
+        self.refused_total += 1
+        now = _time_func()
+        if now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL_S:
+            log.warning("MQTT broker refused publishes", extra={
+                "refused": self.refused_total - self._refusals_logged, "topic": topic,
+                "reason": str(reason_code)})
+            self._refusal_logged_at, self._refusals_logged = now, self.refused_total
 
     def _packet_read(self) -> MQTTErrorCode:
         sock = self._sock

@@ -37,8 +37,12 @@ def paho_publish_packet(protocol: MQTTProtocolVersion, topic: bytes, payload: by
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=protocol)
     queued: list[bytes] = []
     client._sock = object()  # type: ignore[assignment]  # "connected": it only checks for None
-    client._packet_queue = (  # type: ignore[method-assign]
-        lambda _cmd, packet, *_: queued.append(bytes(packet)) or mqtt.MQTT_ERR_SUCCESS)
+
+    def capture(_command: int, packet: bytes | bytearray, *_: Any) -> mqtt.MQTTErrorCode:
+        queued.append(bytes(packet))
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    client._packet_queue = capture  # type: ignore[method-assign,assignment]
     try:
         client._send_publish(mid, topic, payload, qos, retain, dup)
     finally:
@@ -110,7 +114,7 @@ class Subscriber:
 
     def _on_message(self, _client: Any, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self.lock:
-            self.got.append((msg.topic, msg.payload, msg.retain))
+            self.got.append((msg.topic, bytes(msg.payload), msg.retain))
 
     def received(self) -> list[tuple[str, bytes, bool]]:
         with self.lock:
@@ -244,7 +248,7 @@ def test_messages_beyond_max_inflight_go_out_as_acks_return(mqtt_ready: Settings
         in_flight.append(publisher._inflight_messages)  # under _out_message_mutex here
         return paho_ack(mid, *args)
 
-    publisher._do_on_publish = watch  # type: ignore[method-assign]
+    publisher._do_on_publish = watch  # type: ignore[method-assign,assignment]
     messages = [(f"{root}m{i}", b"%d" % i) for i in range(500)]
     try:
         infos = publisher.publish_many(messages, qos=1)
@@ -265,7 +269,7 @@ def test_messages_beyond_max_inflight_go_out_as_acks_return(mqtt_ready: Settings
 def published(info: mqtt.MQTTMessageInfo) -> bool:
     # is_published() raises for a message queued while disconnected (rc NO_CONN,
     # as paho's publish() leaves it) even after it went out on the reconnect.
-    return info._published  # type: ignore[attr-defined]
+    return bool(info._published)
 
 
 def test_broker_restart_mid_stream_retransmits_what_was_in_flight(mqtt_ready: Settings,
