@@ -1,9 +1,9 @@
-"""contracts.mqtt_fast's LeanClient with a lean PUBLISH path and batched PUBACKs, for the bridge.
+"""FastReadClient (contracts.mqtt_fast) with a lean PUBLISH path and batched PUBACKs.
 
 paho builds an `MQTTMessage` and an MQTT 5 `Properties` object per PUBLISH
 and queues every PUBACK as its own packet with its own wake-up of the network
 thread. Profiled under load that, with paho's one-packet-per-read loop, was
-about two thirds of the forwarder's network thread. On top of LeanClient's
+about two thirds of the forwarder's network thread. On top of FastReadClient's
 read loop (several packets per read, framing in `next_frame`):
 
 - a QoS 0/1 PUBLISH goes straight to `on_publish_received(topic, payload,
@@ -13,7 +13,7 @@ read loop (several packets per read, framing in `next_frame`):
 - `ack_many` sends many PUBACKs as one write.
 
 Connecting, keepalive, reconnecting, subscribing and TLS stay paho's. Besides
-what LeanClient relies on, this uses paho 2.x's `_send_puback`, `_manual_ack`
+what FastReadClient relies on, this uses paho 2.x's `_send_puback`, `_manual_ack`
 and `_protocol` (pinned `<3` in pyproject.toml); the tests in
 tests/bridge/test_mqtt_fast.py run this class against the real broker.
 """
@@ -29,7 +29,7 @@ from paho.mqtt.client import MQTT_LOG_ERR, MQTTErrorCode
 from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.exception import MalformedPacket
 
-from contracts.mqtt_fast import PUBACK, PUBLISH, LeanClient, next_frame
+from contracts.mqtt_fast import PUBACK, PUBLISH, FastReadClient, next_frame
 
 __all__ = ["FastAckClient", "PublishCallback", "next_frame"]
 
@@ -54,8 +54,8 @@ def _varint(buf: bytes | bytearray, pos: int, end: int) -> tuple[int, int]:
     raise MalformedPacket("bad variable byte integer")
 
 
-class FastAckClient(LeanClient):
-    """LeanClient; set `on_publish_received` to take PUBLISH packets on the lean path."""
+class FastAckClient(FastReadClient):
+    """FastReadClient; set `on_publish_received` to take PUBLISH packets on the lean path."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -23,7 +23,7 @@ from contracts.clients import (
 )
 from contracts.errors import EdgepipeError
 from contracts.logs import configure_logging
-from contracts.mqtt_fast import LeanClient
+from contracts.mqtt_publish import LeanClient
 from contracts.ops import OpsServer, stop_on_signals
 from contracts.settings import Settings, get_settings
 from model_worker import train
@@ -83,7 +83,7 @@ def run(settings: Settings) -> None:
     mongo = mongo_client(settings)
     db = mongo[settings.mongo_db]
     # LeanClient: results and analytics go out in one write per batch, and acks
-    # skip paho's per-packet decoding (contracts.mqtt_fast).
+    # skip paho's per-packet decoding (contracts.mqtt_publish).
     mqtt = mqtt_client(settings, client_id=f"edgepipe-worker-{instance}", client_class=LeanClient)
     mqtt.max_inflight_messages_set(MQTT_MAX_INFLIGHT)
     mqtt_connect(mqtt, settings)

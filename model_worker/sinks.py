@@ -18,7 +18,7 @@ from pymongo.errors import PyMongoError
 from contracts.collections import insert_idempotent
 from contracts.errors import ServiceUnavailable
 from contracts.events import ns_to_datetime
-from contracts.mqtt_fast import PublishInfo, publish_many
+from contracts.mqtt_publish import PublishInfo, publish_many
 from model_worker.scoring import DeadLetter
 
 
@@ -51,7 +51,7 @@ def publish_all(client: mqtt.Client, messages: Sequence[tuple[str, bytes]],
     """Publish at QoS 1, retained (so a new subscriber sees the latest result at
     once), and wait until the broker acknowledged every message. Returns the
     (topic, reason) of messages the broker refused (an ACL, say), which a retry
-    would not change: not raised (the client logs them, contracts.mqtt_fast)."""
+    would not change: not raised (the client logs them, contracts.mqtt_publish)."""
     infos = publish_many(client, messages, qos=1, retain=True)
     deadline = time.monotonic() + timeout_s
     for info in infos:

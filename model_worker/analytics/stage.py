@@ -32,7 +32,7 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from contracts.errors import EdgepipeError, ServiceUnavailable
-from contracts.mqtt_fast import publish_many
+from contracts.mqtt_publish import publish_many
 from contracts.settings import Settings
 from model_worker.analytics import metrics
 from model_worker.analytics.checkpoint import Checkpoint, CheckpointWriter, Pending
@@ -282,7 +282,7 @@ class AnalyticsStage:
         copies are in MongoDB and Kafka, and a stalled broker must not stall them."""
         if self.mqtt is None:
             return
-        # One write for all of them; the client logs refusals (contracts.mqtt_fast).
+        # One write for all of them; the client logs refusals (contracts.mqtt_publish).
         publish_many(self.mqtt, [
             (template.format(device_id=doc["device_id"], sensor=doc["sensor"]), payload)
             for doc, payload in zip(docs, payloads, strict=True)], qos=1, retain=True)

@@ -1,4 +1,4 @@
-"""The worker's lean MQTT publish path (contracts.mqtt_fast.LeanClient):
+"""The worker's lean MQTT publish path (contracts.mqtt_publish.LeanClient):
 packet encoding and PUBACK classification as pure logic, then batched QoS 1
 publishes against the real Mosquitto: delivery exactly as sent, refusals by
 the ACL, max_inflight queueing and retransmission across a broker restart."""
@@ -15,15 +15,8 @@ import pytest
 from paho.mqtt.enums import MessageState, MQTTProtocolVersion
 
 from contracts.clients import mqtt_client, mqtt_connect
-from contracts.mqtt_fast import (
-    PUBACK,
-    LeanClient,
-    PublishInfo,
-    encode_publish,
-    next_frame,
-    puback_success_code,
-    remaining_length,
-)
+from contracts.mqtt_fast import PUBACK, next_frame, puback_success_code
+from contracts.mqtt_publish import LeanClient, PublishInfo, encode_publish, remaining_length
 from contracts.settings import Settings
 from model_worker.sinks import publish_all
 from tests.faults.harness import service_stopped
@@ -261,6 +254,34 @@ def test_messages_beyond_max_inflight_go_out_as_acks_return(mqtt_ready: Settings
         assert len(in_flight) == len(messages) and max(in_flight) <= 10
         wait_for(lambda: len(live.received()) >= len(messages), 30, "every message delivered")
         assert [(t, p) for t, p, _ in live.received()] == messages
+    finally:
+        live.close()
+        close(publisher)
+
+
+def test_pahos_publish_and_publish_many_share_the_window(mqtt_ready: Settings,
+                                                          unique: str) -> None:
+    """Messages paho's own publish() queued (found by paho's scan) and those
+    publish_many queued (its id queue) all go out, the window never exceeded."""
+    root = f"t/{unique}/mixed/"
+    live = Subscriber(mqtt_ready, root + "#")
+    publisher = lean_client(mqtt_ready, max_inflight=5)
+    messages = [(f"{root}m{i}", b"%d" % i) for i in range(300)]
+    try:
+        infos = [publisher.publish(t, p, qos=1) for t, p in messages[:20]]
+        infos += publisher.publish_many(messages[20:150], qos=1)
+        infos += [publisher.publish(t, p, qos=1) for t, p in messages[150:170]]
+        infos += publisher.publish_many(messages[170:], qos=1)
+        with publisher._out_message_mutex:
+            assert publisher._inflight_messages <= 5
+        for info in infos:
+            info.wait_for_publish(30)
+        assert all(info.is_published() for info in infos)
+        wait_for(lambda: len(live.received()) >= len(messages), 30, "every message delivered")
+        got = [(t, p) for t, p, _ in live.received()]
+        assert sorted(got) == sorted(messages) and len(got) == len(messages)
+        with publisher._out_message_mutex:
+            assert not publisher._out_messages and publisher._inflight_messages == 0
     finally:
         live.close()
         close(publisher)
