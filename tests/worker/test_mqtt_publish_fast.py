@@ -88,6 +88,18 @@ def test_puback_fast_path_only_for_plain_successes(body: bytes, code: int | None
     assert puback_success_code(framed, frame[1], frame[2]) == code
 
 
+def test_a_bad_topic_or_payload_queues_nothing() -> None:
+    client = LeanClient(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    for bad in [("ok/a", b"1"), ("no/+/wildcards", b"2")], [("ok", b"1"), ("", b"2")]:
+        with pytest.raises(ValueError):
+            client.publish_many(bad, qos=1)
+    with pytest.raises(TypeError):
+        client.publish_many([("ok", "text")], qos=1)  # type: ignore[list-item]
+    with pytest.raises(ValueError):
+        client.publish_many([("ok", b"1")], qos=3)
+    assert not client._out_messages and client._inflight_messages == 0
+
+
 class Subscriber:
     """Records every (topic, payload, retain) delivered on `topic_filter`; a
     persistent session keeps what arrives while it is away (a broker restart)."""
@@ -197,6 +209,27 @@ def test_batched_retained_publishes_arrive_exactly_as_sent(
     finally:
         live.close()
         clear_retained(publisher, topics)
+
+
+def test_publishes_before_the_connection_go_out_once_connected(mqtt_ready: Settings,
+                                                               unique: str) -> None:
+    root = f"t/{unique}/early/"
+    live = Subscriber(mqtt_ready, root + "#")
+    client = mqtt_client(mqtt_ready, client_class=LeanClient)
+    assert isinstance(client, LeanClient)
+    messages = [(f"{root}m{i}", b"%d" % i) for i in range(50)]
+    infos = client.publish_many(messages, qos=1)
+    # As paho's publish(): rc says "not connected", the message waits in _out_messages.
+    assert {info.rc for info in infos} == {mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN}
+    try:
+        mqtt_connect(client, mqtt_ready)
+        client.loop_start()
+        wait_for(lambda: all(published(info) for info in infos), 30, "sent after CONNACK")
+        wait_for(lambda: len(live.received()) >= len(messages), 30, "every message delivered")
+        assert [(t, p) for t, p, _ in live.received()] == messages
+    finally:
+        live.close()
+        close(client)
 
 
 def test_refused_publishes_take_pahos_path_and_are_reported(mqtt_ready: Settings,
