@@ -1,22 +1,20 @@
-"""paho's Client with a cheaper receive path and batched PUBACKs, for the bridge.
+"""FastReadClient (contracts.mqtt_fast) with a lean PUBLISH path and batched PUBACKs.
 
-paho reads every packet with three `recv` calls (command byte, length, body)
-and handles one packet per `select`, builds an `MQTTMessage` and an MQTT 5
-`Properties` object per PUBLISH, and queues every PUBACK as its own packet
-with its own wake-up of the network thread. Profiled under load that was
-about two thirds of the forwarder's network thread. Here:
+paho builds an `MQTTMessage` and an MQTT 5 `Properties` object per PUBLISH
+and queues every PUBACK as its own packet with its own wake-up of the network
+thread. Profiled under load that, with paho's one-packet-per-read loop, was
+about two thirds of the forwarder's network thread. On top of FastReadClient's
+read loop (several packets per read, framing in `next_frame`):
 
-- `_packet_read` reads up to `RECV_BYTES` at once and handles every complete
-  packet in the buffer (framing in `next_frame`, a pure function);
 - a QoS 0/1 PUBLISH goes straight to `on_publish_received(topic, payload,
   qos, mid, retain)`, skipping the properties (the bridge reads none) and
   the `MQTTMessage`; anything else (CONNACK, SUBACK, PING, QoS 2, a topic that
   is not UTF-8 or empty) takes paho's own handler unchanged;
 - `ack_many` sends many PUBACKs as one write.
 
-Connecting, keepalive, reconnecting, subscribing and TLS stay paho's. The
-overridden `_packet_read` and the `_packet_queue`/`_packet_handle` it calls
-are paho 2.x internals (pinned `<3` in pyproject.toml); the tests in
+Connecting, keepalive, reconnecting, subscribing and TLS stay paho's. Besides
+what FastReadClient relies on, this uses paho 2.x's `_send_puback`, `_manual_ack`
+and `_protocol` (pinned `<3` in pyproject.toml); the tests in
 tests/bridge/test_mqtt_fast.py run this class against the real broker.
 """
 
@@ -25,17 +23,16 @@ from __future__ import annotations
 import struct
 import threading
 from collections.abc import Callable, Iterable
-from time import monotonic as _time_func
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.client import MQTT_LOG_DEBUG, MQTT_LOG_ERR, MQTTErrorCode
+from paho.mqtt.client import MQTT_LOG_ERR, MQTTErrorCode
 from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.exception import MalformedPacket
 
-RECV_BYTES = 65_536
-PUBLISH = 0x30
-PUBACK = 0x40
+from contracts.mqtt_fast import PUBACK, PUBLISH, FastReadClient, next_frame
+
+__all__ = ["FastAckClient", "PublishCallback", "next_frame"]
+
 _PUBACK = struct.Struct("!BBH")
 _SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
 _SYNC_FILTER = "$edgepipe/sync"
@@ -43,29 +40,6 @@ _FAST_COMMANDS = (PUBLISH, PUBLISH | 0x02)  # QoS 0 and QoS 1; QoS 2 stays paho'
 
 # topic, payload, qos, mid, retain
 PublishCallback = Callable[[str, bytes, int, int, bool], None]
-
-
-def next_frame(buf: bytes | bytearray, start: int) -> tuple[int, int, int] | None:
-    """(command byte, body start, body end) of the MQTT packet at `start`, or
-    None while it is incomplete. A remaining length longer than the protocol's
-    four bytes is a MalformedPacket."""
-    size = len(buf)
-    i = start + 1
-    length = 0
-    shift = 0
-    while True:
-        if i >= size:
-            return None
-        byte = buf[i]
-        i += 1
-        length |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            break
-        shift += 7
-        if i - start > 4:
-            raise MalformedPacket("remaining length longer than 4 bytes")
-    end = i + length
-    return (buf[start], i, end) if end <= size else None
 
 
 def _varint(buf: bytes | bytearray, pos: int, end: int) -> tuple[int, int]:
@@ -80,14 +54,12 @@ def _varint(buf: bytes | bytearray, pos: int, end: int) -> tuple[int, int]:
     raise MalformedPacket("bad variable byte integer")
 
 
-class FastAckClient(mqtt.Client):
-    """paho's Client; set `on_publish_received` to take PUBLISH packets on the lean path."""
+class FastAckClient(FastReadClient):
+    """FastReadClient; set `on_publish_received` to take PUBLISH packets on the lean path."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.on_publish_received: PublishCallback | None = None
-        self._rbuf = b""
-        self._rbuf_sock: object = None
 
     def ack_many(self, mids: Iterable[int]) -> None:
         """PUBACKs for these QoS 1 message ids, queued as one write."""
@@ -117,51 +89,14 @@ class FastAckClient(mqtt.Client):
         finally:
             self.on_unsubscribe = previous
 
-    def _packet_read(self) -> MQTTErrorCode:
-        sock = self._sock
-        if sock is not self._rbuf_sock:  # a new connection: nothing carries over
-            self._rbuf_sock, self._rbuf = sock, b""
-        try:
-            data = self._sock_recv(RECV_BYTES)
-        except BlockingIOError:
-            return MQTTErrorCode.MQTT_ERR_AGAIN
-        except OSError as err:
-            self._easy_log(MQTT_LOG_ERR, "failed to receive on socket: %s", err)
-            return MQTTErrorCode.MQTT_ERR_CONN_LOST
-        if not data:
-            return MQTTErrorCode.MQTT_ERR_CONN_LOST
-        with self._msgtime_mutex:
-            self._last_bytes_received = _time_func()
-        if self._rbuf:  # the start of a packet the last read cut off
-            data = self._rbuf + data
-        # `data` is bytes, so each payload slice is one copy (a bytearray
-        # slice would be copied twice to give the callback bytes).
-        pos = 0
-        rc = _SUCCESS
-        try:
-            while (frame := next_frame(data, pos)) is not None:
-                command, start, pos = frame
-                # 0xF6 keeps the type and QoS bits, drops DUP and RETAIN.
-                if command & 0xF6 in _FAST_COMMANDS and self.on_publish_received is not None:
-                    fast_rc = self._fast_publish(command, data, start, pos)
-                    rc = (self._paho_handle(command, data, start, pos) if fast_rc is None
-                          else fast_rc)
-                else:
-                    rc = self._paho_handle(command, data, start, pos)
-                if rc != _SUCCESS or self._sock is not sock:
-                    break
-        except MalformedPacket as exc:
-            self._easy_log(MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)
-            rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
-        self._rbuf = data[pos:]
-        return rc
-
-    def _paho_handle(self, command: int, data: bytes, start: int, end: int) -> MQTTErrorCode:
-        # paho's handlers read the packet from _in_packet, as its own reader leaves it.
-        self._in_packet = {"command": command, "have_remaining": 1, "remaining_count": [],
-                           "remaining_mult": 1, "remaining_length": end - start,
-                           "packet": bytearray(data[start:end]), "to_process": 0, "pos": 0}
-        return self._packet_handle()
+    def _handle_frame(self, command: int, data: bytes, start: int, end: int) -> MQTTErrorCode:
+        # 0xF6 keeps the type and QoS bits, drops DUP and RETAIN.
+        if command & 0xF6 in _FAST_COMMANDS and self.on_publish_received is not None:
+            fast_rc = self._fast_publish(command, data, start, end)
+            if fast_rc is not None:
+                return fast_rc
+            return self._paho_handle(command, data, start, end)
+        return super()._handle_frame(command, data, start, end)
 
     def _fast_publish(self, command: int, data: bytes, start: int,
                       end: int) -> MQTTErrorCode | None:

@@ -23,6 +23,7 @@ from contracts.clients import (
 )
 from contracts.errors import EdgepipeError
 from contracts.logs import configure_logging
+from contracts.mqtt_publish import LeanClient
 from contracts.ops import OpsServer, stop_on_signals
 from contracts.settings import Settings, get_settings
 from model_worker import train
@@ -81,7 +82,9 @@ def run(settings: Settings) -> None:
     producer = make_producer()
     mongo = mongo_client(settings)
     db = mongo[settings.mongo_db]
-    mqtt = mqtt_client(settings, client_id=f"edgepipe-worker-{instance}")
+    # LeanClient: results and analytics go out in one write per batch, and acks
+    # skip paho's per-packet decoding (contracts.mqtt_publish).
+    mqtt = mqtt_client(settings, client_id=f"edgepipe-worker-{instance}", client_class=LeanClient)
     mqtt.max_inflight_messages_set(MQTT_MAX_INFLIGHT)
     mqtt_connect(mqtt, settings)
     mqtt.loop_start()

@@ -18,6 +18,7 @@ from pymongo.errors import PyMongoError
 from contracts.collections import insert_idempotent
 from contracts.errors import ServiceUnavailable
 from contracts.events import ns_to_datetime
+from contracts.mqtt_publish import PublishInfo, publish_many
 from model_worker.scoring import DeadLetter
 
 
@@ -46,10 +47,12 @@ def write_documents(collection: Collection[dict[str, Any]],
 
 
 def publish_all(client: mqtt.Client, messages: Sequence[tuple[str, bytes]],
-                timeout_s: float) -> None:
+                timeout_s: float) -> list[tuple[str, str]]:
     """Publish at QoS 1, retained (so a new subscriber sees the latest result at
-    once), and wait until the broker acknowledged every message."""
-    infos = [client.publish(topic, payload, qos=1, retain=True) for topic, payload in messages]
+    once), and wait until the broker acknowledged every message. Returns the
+    (topic, reason) of messages the broker refused (an ACL, say), which a retry
+    would not change: not raised (the client logs them, contracts.mqtt_publish)."""
+    infos = publish_many(client, messages, qos=1, retain=True)
     deadline = time.monotonic() + timeout_s
     for info in infos:
         remaining = deadline - time.monotonic()
@@ -60,6 +63,15 @@ def publish_all(client: mqtt.Client, messages: Sequence[tuple[str, bytes]],
         if not info.is_published():
             raise ServiceUnavailable(
                 f"MQTT broker did not acknowledge {len(messages)} results in {timeout_s:.0f}s")
+    return refusals(messages, infos)
+
+
+def refusals(messages: Sequence[tuple[str, bytes]],
+             infos: Sequence[mqtt.MQTTMessageInfo]) -> list[tuple[str, str]]:
+    """(topic, reason) of each message the broker acknowledged with a refusal."""
+    return [(topic, str(info.reason_code))
+            for (topic, _), info in zip(messages, infos, strict=True)
+            if isinstance(info, PublishInfo) and info.reason_code is not None]
 
 
 def dead_letter_document(letter: DeadLetter, topic: str, now_ns: int) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from contracts.errors import EdgepipeError, ServiceUnavailable
+from contracts.mqtt_publish import publish_many
 from contracts.settings import Settings
 from model_worker.analytics import metrics
 from model_worker.analytics.checkpoint import Checkpoint, CheckpointWriter, Pending
@@ -281,9 +282,10 @@ class AnalyticsStage:
         copies are in MongoDB and Kafka, and a stalled broker must not stall them."""
         if self.mqtt is None:
             return
-        for doc, payload in zip(docs, payloads, strict=True):
-            topic = template.format(device_id=doc["device_id"], sensor=doc["sensor"])
-            self.mqtt.publish(topic, payload, qos=1, retain=True)
+        # One write for all of them; the client logs refusals (contracts.mqtt_publish).
+        publish_many(self.mqtt, [
+            (template.format(device_id=doc["device_id"], sensor=doc["sensor"]), payload)
+            for doc, payload in zip(docs, payloads, strict=True)], qos=1, retain=True)
 
 
 def _first_offsets(batch: ConsumedBatch) -> dict[int, int]:
