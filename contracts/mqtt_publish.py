@@ -256,6 +256,7 @@ class LeanClient(FastReadClient):
                 "reason": str(reason_code)})
             self._refusal_logged_at, self._refusals_logged = now, self.refused_total
 
+
 def publish_many(client: mqtt.Client, messages: Sequence[tuple[str, bytes]], qos: int = 1,
                  retain: bool = False) -> list[MQTTMessageInfo]:
     """A LeanClient's `publish_many`; any other paho Client publishes one by one."""
