@@ -1,9 +1,12 @@
 """The worker's lean MQTT publish path as pure logic: PUBLISH packets
 byte-identical to paho's, remaining lengths, which PUBACKs may skip paho's
-decoder, and input checks before anything is queued (no broker needed)."""
+decoder, input checks before anything is queued, and completions of a
+batch's messages sharing one Condition (no broker needed)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -11,7 +14,7 @@ import pytest
 from paho.mqtt.enums import MQTTProtocolVersion
 
 from contracts.mqtt_fast import PUBACK, next_frame, puback_success_code
-from contracts.mqtt_publish import LeanClient, encode_publish, remaining_length
+from contracts.mqtt_publish import LeanClient, PublishInfo, encode_publish, remaining_length
 
 
 def paho_publish_packet(protocol: MQTTProtocolVersion, topic: bytes, payload: bytes, mid: int,
@@ -88,3 +91,29 @@ def test_a_bad_topic_or_payload_queues_nothing() -> None:
     with pytest.raises(ValueError):
         client.publish_many([("ok", b"1")], qos=3)
     assert not client._out_messages and client._inflight_messages == 0
+
+
+def test_infos_sharing_a_condition_each_wake_their_own_waiter() -> None:
+    """A batch's infos share one Condition: completing one message must wake
+    the thread waiting for it even while another thread waits on the same
+    Condition for a different message (notify would wake only one of them;
+    the waiters would then sleep a tenth of their 60 s timeout)."""
+    condition = threading.Condition()
+    infos = [PublishInfo(mid, condition) for mid in (1, 2)]
+    done: list[int] = []
+
+    def wait(info: PublishInfo) -> None:
+        info.wait_for_publish(60)
+        done.append(info.mid)
+
+    waiters = [threading.Thread(target=wait, args=(info,)) for info in infos]
+    for waiter in waiters:
+        waiter.start()
+    time.sleep(0.2)  # both are waiting
+    for info in reversed(infos):  # the first waiter is woken for the second message first
+        info._set_as_published()
+        time.sleep(0.2)  # and waits again before the first completes
+    for waiter in waiters:
+        waiter.join(3)
+    assert sorted(done) == [1, 2]
+    assert all(info.is_published() for info in infos)
