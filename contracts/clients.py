@@ -72,14 +72,20 @@ def call_within(what: str, action: Callable[[], T], timeout_s: float) -> T:
     return value  # type: ignore[return-value]
 
 
+def _debug(settings: Settings) -> dict[str, str]:
+    """librdkafka's debug contexts when KAFKA_DEBUG is set (diagnosing only)."""
+    return {"debug": settings.kafka_debug} if settings.kafka_debug else {}
+
+
 def kafka_producer(settings: Settings, **overrides: Any) -> Producer:
-    conf = {"bootstrap.servers": settings.kafka_bootstrap, **SAFE_PRODUCER, **overrides}
+    conf = {"bootstrap.servers": settings.kafka_bootstrap, **SAFE_PRODUCER,
+            **_debug(settings), **overrides}
     return Producer(conf)
 
 
 def kafka_consumer(settings: Settings, group_id: str, **overrides: Any) -> Consumer:
     conf = {"bootstrap.servers": settings.kafka_bootstrap, "group.id": group_id,
-            **SAFE_CONSUMER, **overrides}
+            **SAFE_CONSUMER, **_debug(settings), **overrides}
     return Consumer(conf)
 
 

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     kafka_topic_dlq: str = "readings.dlq"
     kafka_topic_analytics: str = "analytics"
     kafka_topic_windows: str = "readings.windows"
+    # librdkafka `debug` contexts for every client the factories build (e.g.
+    # "eos,broker,msg,topic"), logged on stderr; "" (off) in normal operation.
+    kafka_debug: str = ""
 
     # --- MongoDB ---
     mongo_url: SecretStr = SecretStr("mongodb://127.0.0.1:27017/")
