@@ -10,6 +10,7 @@ import json
 import math
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -117,6 +118,38 @@ class Pipeline:
     def stop_all(self) -> None:
         for proc in self.procs.values():
             proc.kill()
+
+
+class ReadyClock:
+    """Seconds from `start()` (the fault undone) until every process of the
+    pipeline answers /ready with 200 at once, polled twice a second in the
+    background; None while that has not happened."""
+
+    def __init__(self, pipeline: Pipeline, limit_s: float = 180.0) -> None:
+        self.pipeline, self.limit_s = pipeline, limit_s
+        self.seconds: float | None = None
+        self._started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="ready-clock", daemon=True)
+
+    def start(self) -> ReadyClock:
+        self._started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def stop(self) -> float | None:
+        self._stop.set()
+        self._thread.join(5)
+        return self.seconds
+
+    def _watch(self) -> None:
+        while not self._stop.is_set() and time.monotonic() - self._started < self.limit_s:
+            procs = [p for p in list(self.pipeline.procs.values())
+                     if p.proc is not None and p.proc.poll() is None]
+            if procs and all(p.get("/ready")[0] == 200 for p in procs):
+                self.seconds = round(time.monotonic() - self._started, 2)
+                return
+            self._stop.wait(0.5)
 
 
 class Devices:

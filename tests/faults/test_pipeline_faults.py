@@ -26,6 +26,7 @@ from tests.faults.harness import (
     RECOVERY_BOUND_S,
     Devices,
     Pipeline,
+    ReadyClock,
     check_delivery,
     check_windows_and_stats,
     probe_latency,
@@ -77,9 +78,11 @@ def run_scenario(request: pytest.FixtureRequest, pipeline: Pipeline,
     db = mongo[pipeline.settings.mongo_db]
     started = time.monotonic()
     devices = Devices(pipeline, ticks, f"f{name}{pipeline.unique[:6]}")
+    ready_clock = ReadyClock(pipeline)
     try:
         time.sleep(LEAD_IN_S)
         fault()
+        ready_clock.start()
         summary = devices.finish()
     finally:
         if devices.proc.poll() is None:
@@ -87,6 +90,8 @@ def run_scenario(request: pytest.FixtureRequest, pipeline: Pipeline,
     for proc in pipeline.procs.values():
         if proc.proc is not None and proc.proc.poll() is None:
             proc.wait_ready(60)
+    # Time from the fault's end (the service back and healthy) to all /ready.
+    ready_after_s = ready_clock.stop()
     try:
         recovery_s = probe_latency(pipeline.settings, db, pipeline.unique, bound_s)
         figures: dict[str, Any] = {**check_delivery(db, devices, delivery_timeout_s)}
@@ -94,7 +99,7 @@ def run_scenario(request: pytest.FixtureRequest, pipeline: Pipeline,
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{pipeline.logs()}") from exc
     figures |= {"devices": DEVICES, "rate_hz": RATE_HZ, "reconnects": summary["reconnects"],
-                "probe_scored_after_s": recovery_s,
+                "probe_scored_after_s": recovery_s, "ready_after_s": ready_after_s,
                 "scenario_s": round(time.monotonic() - started, 1)}
     print(f"fault scenario {name}: {figures}")
     cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
