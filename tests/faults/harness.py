@@ -121,33 +121,41 @@ class Pipeline:
 
 
 class ReadyClock:
-    """Seconds from `start()` (the fault undone) until every process of the
-    pipeline answers /ready with 200 at once, polled twice a second in the
-    background; None while that has not happened."""
+    """Seconds from `start()` (the fault undone) until each process of the
+    pipeline first answers /ready with 200, polled twice a second in the
+    background (None for one that has not yet)."""
 
     def __init__(self, pipeline: Pipeline, limit_s: float = 180.0) -> None:
         self.pipeline, self.limit_s = pipeline, limit_s
-        self.seconds: float | None = None
+        self.seconds: dict[str, float | None] = {}
         self._started = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="ready-clock", daemon=True)
 
     def start(self) -> ReadyClock:
         self._started = time.monotonic()
+        self.seconds = dict.fromkeys(self.pipeline.procs)
         self._thread.start()
         return self
 
-    def stop(self) -> float | None:
+    def stop(self) -> dict[str, float | None]:
         self._stop.set()
         self._thread.join(5)
         return self.seconds
 
+    @staticmethod
+    def _ready(proc: ServiceProcess) -> bool:
+        try:
+            return proc.get("/ready")[0] == 200
+        except Exception:  # e.g. a body that is not JSON mid-restart: not ready yet
+            return False
+
     def _watch(self) -> None:
         while not self._stop.is_set() and time.monotonic() - self._started < self.limit_s:
-            procs = [p for p in list(self.pipeline.procs.values())
-                     if p.proc is not None and p.proc.poll() is None]
-            if procs and all(p.get("/ready")[0] == 200 for p in procs):
-                self.seconds = round(time.monotonic() - self._started, 2)
+            for name, proc in list(self.pipeline.procs.items()):
+                if self.seconds.get(name) is None and self._ready(proc):
+                    self.seconds[name] = round(time.monotonic() - self._started, 2)
+            if all(v is not None for v in self.seconds.values()):
                 return
             self._stop.wait(0.5)
 
