@@ -90,7 +90,7 @@ def run_scenario(request: pytest.FixtureRequest, pipeline: Pipeline,
     for proc in pipeline.procs.values():
         if proc.proc is not None and proc.proc.poll() is None:
             proc.wait_ready(60)
-    # Time from the fault's end (the service back and healthy) to all /ready.
+    # Time from the fault's end (the service back and healthy) to each /ready.
     ready_after_s = ready_clock.stop()
     try:
         recovery_s = probe_latency(pipeline.settings, db, pipeline.unique, bound_s)
