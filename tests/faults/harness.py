@@ -128,6 +128,8 @@ class ReadyClock:
     def __init__(self, pipeline: Pipeline, limit_s: float = 180.0) -> None:
         self.pipeline, self.limit_s = pipeline, limit_s
         self.seconds: dict[str, float | None] = {}
+        # The last not-ready answer of each process (status, body), for a failure's report.
+        self.last_refusal: dict[str, tuple[int, Any]] = {}
         self._started = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="ready-clock", daemon=True)
@@ -139,16 +141,23 @@ class ReadyClock:
         return self
 
     def stop(self) -> dict[str, float | None]:
+        """Called once the harness has seen every process ready: one the
+        watcher has not yet seen ready counts as ready now."""
         self._stop.set()
         self._thread.join(5)
+        for name, proc in self.pipeline.procs.items():
+            if self.seconds.get(name) is None and self._ready(proc):
+                self.seconds[name] = round(time.monotonic() - self._started, 2)
         return self.seconds
 
-    @staticmethod
-    def _ready(proc: ServiceProcess) -> bool:
+    def _ready(self, proc: ServiceProcess) -> bool:
         try:
-            return proc.get("/ready")[0] == 200
-        except Exception:  # e.g. a body that is not JSON mid-restart: not ready yet
-            return False
+            status, body = proc.get("/ready")
+        except Exception as exc:  # e.g. a body that is not JSON mid-restart: not ready yet
+            status, body = 0, repr(exc)
+        if status != 200:
+            self.last_refusal[proc.log_path.stem] = (status, body)
+        return status == 200
 
     def _watch(self) -> None:
         while not self._stop.is_set() and time.monotonic() - self._started < self.limit_s:

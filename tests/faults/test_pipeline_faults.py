@@ -102,6 +102,7 @@ def run_scenario(request: pytest.FixtureRequest, pipeline: Pipeline,
                 "probe_scored_after_s": recovery_s, "ready_after_s": ready_after_s,
                 "scenario_s": round(time.monotonic() - started, 1)}
     print(f"fault scenario {name}: {figures}")
+    print(f"fault scenario {name} last not-ready answers: {ready_clock.last_refusal}")
     cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
     if cache is not None:
         cache.set(f"edgepipe/faults/{name}", figures)
