@@ -132,24 +132,16 @@ def _outage(service: str) -> Callable[[], None]:
     return fault
 
 
-# The raw sink no longer skips or hangs here (see test_raw_sink_rebalance), but
-# the scenario is not yet reliable for two other parts, so it stays expected to fail.
-_KAFKA_OUTAGE_NOT_RELIABLE = pytest.mark.xfail(reason=(
-    "not yet reliable, no longer because of the raw sink: with its fixes (keepalive record "
-    "kept, hung commit replaces the consumer) 7 runs of (c) and 7 of (c') logged no 'sink "
-    "offset gap' and every delivery check that ran found 400 of 400 once; but once in a "
-    "folder run the bridge's /ready (forwarder: deliveries pending, no 'kafka unreachable' "
-    "logged) was not back within 60 s of Kafka's return, and the worker scored the probe "
-    "after 21 and 23 s and once not within 30 s (send_offsets_to_transaction hung, clients "
-    "rebuilt, then the analytics load on assignment timed out)"), strict=False)
-
-
 @pytest.mark.timeout(360)
-@_KAFKA_OUTAGE_NOT_RELIABLE
 def test_kafka_down_for_30_s(request: pytest.FixtureRequest, pipeline: Pipeline,
                              mongo: MongoClient[dict[str, Any]]) -> None:
     """Kafka is away about 50 s here (stop, 30 s, start and load), so the raw
-    sink's 45 s session often expires too; (c') makes sure it does."""
+    sink's 45 s session often expires too; (c') makes sure it does. It was an
+    expected failure until every Kafka client stopped re-bootstrapping
+    (contracts.clients.RECOVERY; test_kafka_restart_clients): librdkafka's
+    default decommissioned the single broker's handle during the outage, and a
+    coordinator left tied to it hung the worker's send_offsets_to_transaction
+    and its analytics load (committed offsets) after Kafka's return."""
     pipeline.add_bridge("bridge")
     pipeline.add_worker("worker")
     run_scenario(request, pipeline, mongo, "c_kafka_down", 200, _outage("kafka"))
@@ -158,7 +150,6 @@ def test_kafka_down_for_30_s(request: pytest.FixtureRequest, pipeline: Pipeline,
 
 
 @pytest.mark.timeout(360)
-@_KAFKA_OUTAGE_NOT_RELIABLE
 def test_kafka_down_past_the_sink_session(request: pytest.FixtureRequest, pipeline: Pipeline,
                                           mongo: MongoClient[dict[str, Any]]) -> None:
     """(c'): as (c), with the raw sink's session (10 s) far shorter than the
