@@ -162,11 +162,12 @@ class KafkaSession:
         for attempt in range(1, BUILD_ATTEMPTS + 1):
             self.build_attempt = attempt
             try:
-                self.producer = producer = self._first_producer or self._make_producer()
+                self.producer = self._first_producer or self._make_producer()
                 self._first_producer = None
                 # Under the watchdog too: it waits for the transaction coordinator.
+                # (No local name for the producer: a failed one must be freed by discard.)
                 self.call("init_transactions",
-                          partial(producer.init_transactions, INIT_TIMEOUT_S), INIT_TIMEOUT_S)
+                          partial(self.producer.init_transactions, INIT_TIMEOUT_S), INIT_TIMEOUT_S)
                 self.consumer = self._make_consumer()
                 self._subscribe(self.consumer)
                 self.build_attempt = 0
