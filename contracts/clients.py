@@ -40,12 +40,13 @@ SAFE_CONSUMER = {
 
 # Every client: never "re-bootstrap". librdkafka (2.10 on) does so by default
 # whenever all known brokers are down, which with one broker is every outage:
-# it decommissions the learned broker handle, repeatedly while the broker is
-# away, and a group or transaction coordinator, or a partition's queue, can stay
-# tied to a decommissioned handle after the broker returns (librdkafka issues
-# 5456, 5511: send_offsets_to_transaction, committed(), deliveries hang). Our
-# bootstrap.servers never go stale, so re-bootstrapping buys nothing; with
-# "none" the broker handle just reconnects when the broker is back.
+# it decommissions the learned broker handle, about 20 times a second while
+# the broker is away, and a group or transaction coordinator can stay tied to
+# a decommissioned handle after the broker returns (librdkafka issues 5456,
+# 5511): send_offsets_to_transaction then hangs (every time in
+# tests/faults/test_kafka_restart_clients.py). Our bootstrap.servers never go
+# stale, so re-bootstrapping buys nothing; with "none" the broker handle just
+# reconnects when the broker is back.
 RECOVERY = {"metadata.recovery.strategy": "none"}
 
 
