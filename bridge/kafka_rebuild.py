@@ -1,10 +1,11 @@
 """Replacing the forwarder's producer when its deliveries stall while Kafka answers.
 
-A librdkafka producer can keep records without delivering them although the
-broker is back (a partition queue or the idempotent producer's state tied to a
-broker handle that is gone; see contracts.clients.RECOVERY for the cause we
-found and switched off). The bridge then holds the devices' PUBACKs and
-reports not ready until message.timeout.ms (5 minutes) fails the records. The
+Once (in a loaded CI run) the forwarder still had records pending 60 s after
+Kafka's return, never reproduced since; a likely cause, a partition queue or
+the idempotent producer's state left on a broker handle librdkafka had
+decommissioned, is avoided by contracts.clients.RECOVERY, but a producer that
+keeps records although the broker is back would hold the devices' PUBACKs
+and report not ready until message.timeout.ms (5 minutes) fails them. The
 guard notices it: records pending, none delivered for BRIDGE_KAFKA_REBUILD_S
 since the later of the last delivery and Kafka's return, and the broker
 answering a metadata request. It then builds a new producer, purges the old
