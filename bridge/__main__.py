@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Producer
 
 from bridge.forwarder import PRODUCER_TUNING, Forwarder
 from bridge.kafka_health import KafkaHealth
+from bridge.kafka_rebuild import StallGuard
 from bridge.mqtt_fast import FastAckClient
 from bridge.raw_sink import RawSink
 from bridge.routes import Route, load_routes
@@ -124,14 +125,19 @@ def serve(settings: Settings, *, forward: bool, sink: bool) -> int:
 
 def _start_forwarder(settings: Settings, routes: list[Route], stop: threading.Event) -> Forwarder:
     kafka_health = KafkaHealth()
-    producer = kafka_producer(settings, error_cb=kafka_health.on_error, **PRODUCER_TUNING)
+
+    def make_producer() -> Producer:
+        return kafka_producer(settings, error_cb=kafka_health.on_error, **PRODUCER_TUNING)
+
+    producer = make_producer()
     client = mqtt_client(settings, client_id_for(settings), persistent=True, manual_ack=True,
                          session_expiry_s=settings.bridge_session_expiry_s,
                          client_class=FastAckClient)
     prefix = settings.bridge_topic_prefix
     unrouted = tuple(prefix + f.strip() for f in settings.bridge_unrouted_filters.split(",")
                      if f.strip())
-    forwarder = Forwarder(settings, routes, client, producer, kafka_health, unrouted)
+    forwarder = Forwarder(settings, routes, client, producer, kafka_health, unrouted,
+                          StallGuard(make_producer, settings.bridge_kafka_rebuild_s))
     backoff = 1.0
     while True:
         try:

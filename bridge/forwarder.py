@@ -22,6 +22,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from bridge import metrics
 from bridge.codecs import decode
 from bridge.kafka_health import KafkaHealth
+from bridge.kafka_rebuild import StallGuard
 from bridge.routes import Route, key_for
 from bridge.subscriptions import client_id_for, split_owner, subscription_filters
 from bridge.topic_cache import QOS_HEADER, RETAIN_HEADER, TopicCache
@@ -63,10 +64,14 @@ class _Pending:
 class Forwarder:
     def __init__(self, settings: Settings, routes: list[Route], client: mqtt.Client,
                  producer: Producer, kafka_health: KafkaHealth,
-                 unrouted_filters: tuple[str, ...] = ()) -> None:
-        """`producer` must report errors to `kafka_health.on_error` (its error_cb)."""
+                 unrouted_filters: tuple[str, ...] = (),
+                 stall_guard: StallGuard | None = None) -> None:
+        """`producer` (and the guard's) must report errors to `kafka_health.on_error`."""
         self.settings, self.routes = settings, routes
         self.client, self.producer, self.kafka_health = client, producer, kafka_health
+        self.stall_guard = stall_guard
+        # While the guard replaces the producer, failed deliveries are collected here.
+        self.purged: list[tuple[Message, _Pending]] | None = None
         self.filters = subscription_filters([r.mqtt_filter for r in routes],
                                             unrouted_filters)
         self.stopping = threading.Event()
@@ -212,6 +217,9 @@ class Forwarder:
 
     def _delivered(self, pending: _Pending, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
+            if self.purged is not None:
+                self.purged.append((msg, pending))
+                return
             metrics.KAFKA_ERRORS.inc()
             attempt = 1
             self._retries.append((time.monotonic() + min(attempt, _RETRY_BACKOFF_MAX_S),
@@ -260,6 +268,8 @@ class Forwarder:
             self._after_poll()
             self._produce_due_retries()
             self.kafka_health.probe_if_down(self.producer)
+            if self.stall_guard is not None:
+                self.stall_guard.check(self)
             self._fold_metrics()
 
     def _produce_due_retries(self) -> None:
@@ -269,13 +279,16 @@ class Forwarder:
             if due > now:
                 self._retries.append((due, attempt, msg, pending))
                 continue
-            try:
-                self.producer.produce(str(msg.topic()), msg.value(), msg.key(),
-                                      headers=msg.headers(),
-                                      on_delivery=pending.on_delivery)
-            except BufferError:
-                backoff = min(2.0 ** attempt, _RETRY_BACKOFF_MAX_S)
-                self._retries.append((now + backoff, attempt + 1, msg, pending))
+            self.produce_again(self.producer, msg, pending, attempt)
+
+    def produce_again(self, producer: Producer, msg: Message, pending: _Pending,
+                      attempt: int = 0) -> None:
+        try:
+            producer.produce(str(msg.topic()), msg.value(), msg.key(), headers=msg.headers(),
+                             on_delivery=pending.on_delivery)
+        except BufferError:
+            backoff = min(2.0 ** attempt, _RETRY_BACKOFF_MAX_S)
+            self._retries.append((time.monotonic() + backoff, attempt + 1, msg, pending))
 
     def _fold_metrics(self) -> None:
         received, forwarded, acked = self.received, self.forwarded, self.acked

@@ -20,6 +20,9 @@ class KafkaHealth:
     def __init__(self) -> None:
         self.down_since: float | None = None
         self.last_delivery = time.monotonic()
+        # When Kafka was last found reachable again (or the start): a stall is
+        # measured from the later of this and the last delivery.
+        self.up_since = time.monotonic()
         self._last_probe = 0.0
 
     def on_error(self, err: KafkaError) -> None:
@@ -54,4 +57,5 @@ class KafkaHealth:
         if self.down_since is not None:
             log.info("kafka reachable again",
                      extra={"down_s": round(time.monotonic() - self.down_since, 1)})
+            self.up_since = time.monotonic()
         self.down_since = None

@@ -38,6 +38,18 @@ SAFE_CONSUMER = {
 }
 
 
+# Every client: never "re-bootstrap". librdkafka (2.10 on) does so by default
+# whenever all known brokers are down, which with one broker is every outage:
+# it decommissions the learned broker handle, about 20 times a second while
+# the broker is away, and a group or transaction coordinator can stay tied to
+# a decommissioned handle after the broker returns (librdkafka issues 5456,
+# 5511): send_offsets_to_transaction then hangs (every time in
+# tests/faults/test_kafka_restart_clients.py). Our bootstrap.servers never go
+# stale, so re-bootstrapping buys nothing; with "none" the broker handle just
+# reconnects when the broker is back.
+RECOVERY = {"metadata.recovery.strategy": "none"}
+
+
 T = TypeVar("T")
 
 
@@ -72,19 +84,25 @@ def call_within(what: str, action: Callable[[], T], timeout_s: float) -> T:
     return value  # type: ignore[return-value]
 
 
+def _debug(settings: Settings) -> dict[str, str]:
+    """librdkafka's debug contexts when KAFKA_DEBUG is set (diagnosing only)."""
+    return {"debug": settings.kafka_debug} if settings.kafka_debug else {}
+
+
 def kafka_producer(settings: Settings, **overrides: Any) -> Producer:
-    conf = {"bootstrap.servers": settings.kafka_bootstrap, **SAFE_PRODUCER, **overrides}
+    conf = {"bootstrap.servers": settings.kafka_bootstrap, **SAFE_PRODUCER, **RECOVERY,
+            **_debug(settings), **overrides}
     return Producer(conf)
 
 
 def kafka_consumer(settings: Settings, group_id: str, **overrides: Any) -> Consumer:
     conf = {"bootstrap.servers": settings.kafka_bootstrap, "group.id": group_id,
-            **SAFE_CONSUMER, **overrides}
+            **SAFE_CONSUMER, **RECOVERY, **_debug(settings), **overrides}
     return Consumer(conf)
 
 
 def kafka_admin(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap, **RECOVERY})
 
 
 def ensure_topics(settings: Settings, names: list[str], timeout: float = 30.0) -> None:

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     kafka_topic_dlq: str = "readings.dlq"
     kafka_topic_analytics: str = "analytics"
     kafka_topic_windows: str = "readings.windows"
+    # librdkafka `debug` contexts for every client the factories build (e.g.
+    # "eos,broker,msg,topic"), logged on stderr; "" (off) in normal operation.
+    kafka_debug: str = ""
 
     # --- MongoDB ---
     mongo_url: SecretStr = SecretStr("mongodb://127.0.0.1:27017/")
@@ -90,6 +93,9 @@ class Settings(BaseSettings):
     bridge_receive_maximum: int = Field(1000, ge=1, le=65_535)
     # Kafka counts as unreachable once deliveries have been pending this long.
     bridge_kafka_stall_s: float = Field(10.0, gt=0)
+    # Deliveries pending this long (since the last one, or since Kafka came back)
+    # while the broker answers metadata: the producer is replaced (bridge/kafka_rebuild.py).
+    bridge_kafka_rebuild_s: float = Field(30.0, gt=0)
     bridge_shutdown_timeout_s: float = Field(15.0, gt=0)
     # Extra filters (comma-separated, under the prefix) subscribed so that a
     # message there matching no route becomes a "no_route" dead letter.

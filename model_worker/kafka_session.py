@@ -54,9 +54,13 @@ REBUILD_CODES = frozenset({
 })
 
 # Building the clients: attempts in a row before giving up and exiting non-zero
-# (a supervisor restarts the process), with capped exponential backoff. With
-# INIT_TIMEOUT_S per attempt that is about 4 minutes of Kafka being unreachable.
-BUILD_ATTEMPTS = 8
+# (a supervisor restarts the process), with exponential backoff capped at
+# BUILD_BACKOFF_MAX_S: each attempt already waits INIT_TIMEOUT_S for the
+# coordinator, and a longer pause would only delay the worker once Kafka is
+# back. With INIT_TIMEOUT_S per attempt that is about 4 minutes of Kafka being
+# unreachable.
+BUILD_ATTEMPTS = 12
+BUILD_BACKOFF_MAX_S = 5.0
 # Rebuilds that succeed but are needed again at once (e.g. two processes sharing
 # WORKER_INSTANCE_ID fence each other forever) also end the process: more than
 # REBUILDS_MAX within REBUILDS_WINDOW_S.
@@ -160,17 +164,20 @@ class KafkaSession:
             try:
                 self.producer = self._first_producer or self._make_producer()
                 self._first_producer = None
-                self.producer.init_transactions(INIT_TIMEOUT_S)
+                # Under the watchdog too: it waits for the transaction coordinator.
+                # (No local name for the producer: a failed one must be freed by discard.)
+                self.call("init_transactions",
+                          partial(self.producer.init_transactions, INIT_TIMEOUT_S), INIT_TIMEOUT_S)
                 self.consumer = self._make_consumer()
                 self._subscribe(self.consumer)
                 self.build_attempt = 0
                 return True
-            except KafkaException as exc:
+            except (KafkaException, KafkaCallHung) as exc:
                 self.discard()
                 error = kafka_error_of(exc)
                 log.warning("kafka clients not built; retrying", extra={
                     "attempt": attempt, "of": BUILD_ATTEMPTS, "error": str(error or exc)[:300]})
-            if stop.wait(backoff_s(attempt)):
+            if stop.wait(min(BUILD_BACKOFF_MAX_S, backoff_s(attempt))):
                 return False
         raise KafkaRebuildFailed(f"Kafka clients not built in {BUILD_ATTEMPTS} attempts")
 

@@ -10,6 +10,7 @@ import json
 import math
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -117,6 +118,55 @@ class Pipeline:
     def stop_all(self) -> None:
         for proc in self.procs.values():
             proc.kill()
+
+
+class ReadyClock:
+    """Seconds from `start()` (the fault undone) until each process of the
+    pipeline first answers /ready with 200, polled twice a second in the
+    background (None for one that has not yet)."""
+
+    def __init__(self, pipeline: Pipeline, limit_s: float = 180.0) -> None:
+        self.pipeline, self.limit_s = pipeline, limit_s
+        self.seconds: dict[str, float | None] = {}
+        # The last not-ready answer of each process (status, body), for a failure's report.
+        self.last_refusal: dict[str, tuple[int, Any]] = {}
+        self._started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="ready-clock", daemon=True)
+
+    def start(self) -> ReadyClock:
+        self._started = time.monotonic()
+        self.seconds = dict.fromkeys(self.pipeline.procs)
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[str, float | None]:
+        """Called once the harness has seen every process ready: one the
+        watcher has not yet seen ready counts as ready now."""
+        self._stop.set()
+        self._thread.join(5)
+        for name, proc in self.pipeline.procs.items():
+            if self.seconds.get(name) is None and self._ready(proc):
+                self.seconds[name] = round(time.monotonic() - self._started, 2)
+        return self.seconds
+
+    def _ready(self, proc: ServiceProcess) -> bool:
+        try:
+            status, body = proc.get("/ready")
+        except Exception as exc:  # e.g. a body that is not JSON mid-restart: not ready yet
+            status, body = 0, repr(exc)
+        if status != 200:
+            self.last_refusal[proc.log_path.stem] = (status, body)
+        return status == 200
+
+    def _watch(self) -> None:
+        while not self._stop.is_set() and time.monotonic() - self._started < self.limit_s:
+            for name, proc in list(self.pipeline.procs.items()):
+                if self.seconds.get(name) is None and self._ready(proc):
+                    self.seconds[name] = round(time.monotonic() - self._started, 2)
+            if all(v is not None for v in self.seconds.values()):
+                return
+            self._stop.wait(0.5)
 
 
 class Devices:
