@@ -255,8 +255,7 @@ def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "python": platform.python_version(), "platform": platform.platform(),
             "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
-            "date_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "note": "busy shared machine (other developers' jobs ran alongside)"}
+            "date_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
 
 
 def main() -> None:

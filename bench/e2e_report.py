@@ -157,8 +157,9 @@ def write_report(figures: dict[str, Any], folder: Path) -> list[Path]:
     text = "\n\n".join([
         f"## End-to-end benchmark ({host['date_utc']})",
         f"Machine: {host['cpus']} cores, {host['memory_gb']} GB, Python {host['python']}, "
-        f"every service on it; {host['note']}. {figures['options']['load_s']:g} s steady "
-        f"window per N at {figures['options']['rate']:g} Hz per device.",
+        f"every service on it; load average {host['load_avg_1m_at_start']:g} at the start. "
+        f"{figures['options']['load_s']:g} s steady window per N at "
+        f"{figures['options']['rate']:g} Hz per device.",
         table,
         f"Saturation point: the highest N with p99 < {P99_LIMIT_MS:.0f} ms, lag bounded and "
         f"sustained >= {SUSTAINED_SHARE:.0%} of offered. Seed design sustained "
