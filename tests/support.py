@@ -130,6 +130,22 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace")[-chars:]
 
 
+def mqtt_subscribed(settings: Settings, topic_filter: str, on_message: Callable[..., None],
+                    client_id: str | None = None, persistent: bool = False) -> mqtt.Client:
+    """A started client subscribed to `topic_filter` at QoS 1 (again on every
+    reconnect), once the broker acknowledged the subscription. `persistent`
+    keeps its session (and what arrives meanwhile) across disconnects."""
+    subscribed = threading.Event()
+    client = mqtt_client(settings, client_id, persistent=persistent, session_expiry_s=300)
+    client.on_message = on_message
+    client.on_subscribe = lambda *args: subscribed.set()
+    client.on_connect = lambda c, *args: c.subscribe(topic_filter, qos=1)
+    mqtt_connect(client, settings)
+    client.loop_start()
+    assert subscribed.wait(10), f"MQTT subscription to {topic_filter} not acknowledged"
+    return client
+
+
 class MqttCollector:
     """Subscribes to `topic_filter` and keeps every JSON payload and its topic."""
 
@@ -138,14 +154,7 @@ class MqttCollector:
         self.messages: list[dict[str, Any]] = []
         self.topics: set[str] = set()
         self._lock = threading.Lock()
-        subscribed = threading.Event()
-        self.client = mqtt_client(settings, client_id)
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *args: subscribed.set()
-        self.client.on_connect = lambda c, *args: c.subscribe(topic_filter, qos=1)
-        mqtt_connect(self.client, settings)
-        self.client.loop_start()
-        assert subscribed.wait(10), f"MQTT subscription to {topic_filter} not acknowledged"
+        self.client = mqtt_subscribed(settings, topic_filter, self._on_message, client_id)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self._lock:

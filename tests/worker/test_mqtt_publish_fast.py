@@ -22,7 +22,7 @@ from contracts.settings import Settings
 from model_worker.sinks import publish_all
 from tests.faults.harness import service_stopped
 from tests.security.conftest import NOT_AUTHORIZED, as_account, service_password
-from tests.support import wait_for
+from tests.support import mqtt_subscribed, wait_for
 
 
 class Subscriber:
@@ -33,14 +33,8 @@ class Subscriber:
                  persistent: bool = False) -> None:
         self.got: list[tuple[str, bytes, bool]] = []
         self.lock = threading.Lock()
-        subscribed = threading.Event()
-        self.client = mqtt_client(settings, client_id, persistent=persistent, session_expiry_s=300)
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *_: subscribed.set()
-        self.client.on_connect = lambda c, *_: c.subscribe(topic_filter, qos=1)
-        mqtt_connect(self.client, settings)
-        self.client.loop_start()
-        assert subscribed.wait(10), f"no SUBACK for {topic_filter}"
+        self.client = mqtt_subscribed(settings, topic_filter, self._on_message, client_id,
+                                      persistent)
 
     def _on_message(self, _client: Any, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self.lock:
