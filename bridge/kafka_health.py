@@ -34,7 +34,7 @@ class KafkaHealth:
     def on_delivered(self) -> None:
         self.last_delivery = time.monotonic()
         if self.down_since is not None:
-            self._recovered()
+            self.recovered()
 
     def probe_if_down(self, producer: Producer) -> None:
         now = time.monotonic()
@@ -46,14 +46,15 @@ class KafkaHealth:
             producer.list_topics(timeout=2.0)
         except Exception:
             return
-        self._recovered()
+        self.recovered()
 
     def reachable(self, in_flight: int, stall_s: float) -> bool:
         if self.down_since is not None:
             return False
         return in_flight == 0 or time.monotonic() - self.last_delivery <= stall_s
 
-    def _recovered(self) -> None:
+    def recovered(self) -> None:
+        """Kafka answers again (a delivery, the probe, or a replaced producer's probe)."""
         if self.down_since is not None:
             log.info("kafka reachable again",
                      extra={"down_s": round(time.monotonic() - self.down_since, 1)})

@@ -1,16 +1,20 @@
 """Replacing the forwarder's producer when its deliveries stall while Kafka answers.
 
-Once (in a loaded CI run) the forwarder still had records pending 60 s after
-Kafka's return, never reproduced since; a likely cause, a partition queue or
-the idempotent producer's state left on a broker handle librdkafka had
-decommissioned, is avoided by contracts.clients.RECOVERY, but a producer that
-keeps records although the broker is back would hold the devices' PUBACKs
-and report not ready until message.timeout.ms (5 minutes) fails them. The
-guard notices it: records pending, none delivered for BRIDGE_KAFKA_REBUILD_S
-since the later of the last delivery and Kafka's return, and the broker
-answering a metadata request. It then builds a new producer, purges the old
-one and produces everything the old one held on the new one, in the order the
-bridge received their MQTT messages.
+Twice in loaded CI runs the forwarder still had records pending 60 s after
+Kafka's return: once with librdkafka's default re-bootstrap, and once with it
+off (contracts.clients.RECOVERY), when its producer never found the broker
+again (the last it logged was "new leader-1 not found in cache" as the broker
+shut down; no metadata probe answered afterwards) while the sink's consumer in
+the same process reconnected. Such a producer holds the devices' PUBACKs and
+reports not ready until message.timeout.ms (5 minutes) fails its records.
+The guard replaces it when either
+- records are pending and none was delivered for BRIDGE_KAFKA_REBUILD_S since
+  the later of the last delivery and Kafka's return, or
+- the producer has found no broker for BRIDGE_KAFKA_REBUILD_S,
+and a new producer gets a metadata answer (else Kafka really is away). The new
+producer takes the old one's place, the old one is purged and everything it
+held is produced on the new one, in the order the bridge received their MQTT
+messages.
 
 Nothing is acknowledged early or lost: each record stays with its MQTT message
 until the new producer's delivery. A record the old producer had sent but not
@@ -39,6 +43,7 @@ REBUILDS = Counter("bridge_kafka_producer_rebuilds_total",
 # they are served this long at most (purging reports them at once).
 _DRAIN_S = 10.0
 _PROBE_TIMEOUT_S = 2.0
+_RETRY_S = 10.0  # between probes while Kafka does not answer a new producer
 
 
 class StallGuard:
@@ -58,20 +63,35 @@ class StallGuard:
                 old.poll(0)
             self.retired = [old for old in self.retired if len(old) > 0]
         now = time.monotonic()
-        health = forwarder.kafka_health
-        if (forwarder.in_flight == 0 or health.down_since is not None or now < self._next_check
-                or now - max(health.last_delivery, health.up_since) < self.rebuild_s):
+        if now < self._next_check:
             return
-        self._next_check = now + self.rebuild_s  # one attempt per period at most
+        health = forwarder.kafka_health
+        if health.down_since is not None:
+            # Our producer finds no broker. Seen once Kafka was back: it never
+            # reconnected (no metadata for 60 s and more) while other clients did.
+            if now - health.down_since < self.rebuild_s:
+                return
+        elif (forwarder.in_flight == 0
+              or now - max(health.last_delivery, health.up_since) < self.rebuild_s):
+            return
+        # Whether Kafka answers, asked by a new producer: the old one may be the
+        # thing that cannot reach it. If it answers, it replaces the old one.
+        fresh = self.make_producer()
         try:
-            forwarder.producer.list_topics(timeout=_PROBE_TIMEOUT_S)
+            fresh.list_topics(timeout=_PROBE_TIMEOUT_S)
         except KafkaException:
-            return  # Kafka really is away: the outage path (not ready, no acks) holds
-        self.rebuild(forwarder)
+            # Kafka really is away: the outage path (not ready, no acks) holds; ask
+            # again soon, so a return is noticed within seconds.
+            self._next_check = now + min(self.rebuild_s, _RETRY_S)
+            return
+        self._next_check = now + self.rebuild_s  # one replacement per period at most
+        self.rebuild(forwarder, fresh)
+        health.recovered()
 
-    def rebuild(self, forwarder: Forwarder) -> int:
-        """New producer; what the old one held is produced on it. Returns how many records."""
-        old, new = forwarder.producer, self.make_producer()
+    def rebuild(self, forwarder: Forwarder, new: Producer | None = None) -> int:
+        """`new` (default: a new producer) replaces the forwarder's; what the old
+        one held is produced on it. Returns how many records."""
+        old, new = forwarder.producer, new or self.make_producer()
         held: list[tuple[Message, _Pending]] = []
         forwarder.purged = held  # the forwarder's delivery callback collects here
         try:

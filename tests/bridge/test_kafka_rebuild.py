@@ -103,7 +103,7 @@ def test_a_stalled_producer_is_replaced_and_its_records_delivered_in_order(
 
 
 class _Probe:
-    """The forwarder's producer as the guard sees it: a metadata probe."""
+    """A producer as the guard sees it: a metadata probe."""
 
     def __init__(self, answers: bool) -> None:
         self.answers, self.probes = answers, 0
@@ -116,34 +116,70 @@ class _Probe:
 
 
 class _CountingGuard(StallGuard):
-    def rebuild(self, forwarder: Any) -> int:
+    """Builds probes that answer when `kafka_answers`; counts replacements."""
+
+    def __init__(self, rebuild_s: float) -> None:
+        super().__init__(self._make, rebuild_s)
+        self.kafka_answers = True
+        self.built: list[_Probe] = []
+
+    def _make(self) -> Any:
+        self.built.append(_Probe(self.kafka_answers))
+        return self.built[-1]
+
+    def rebuild(self, forwarder: Any, new: Any = None) -> int:
         self.rebuilds += 1
+        forwarder.producer = new
         return 0
 
 
 def test_the_guard_waits_for_kafka_and_measures_the_stall_from_its_return() -> None:
     health = KafkaHealth()
-    forwarder = SimpleNamespace(in_flight=1, kafka_health=health, producer=_Probe(True))
-    guard = _CountingGuard(lambda: pytest.fail("no producer is built here"), 0.3)
+    forwarder = SimpleNamespace(in_flight=1, kafka_health=health, producer=_Probe(False))
+    guard = _CountingGuard(0.3)
     health.last_delivery = health.up_since = time.monotonic() - 60  # long stalled
-    health.down_since = time.monotonic()  # ...because Kafka is away
+    health.down_since = time.monotonic()  # ...because Kafka is away, just now
     guard.check(forwarder)  # type: ignore[arg-type]
-    assert (guard.rebuilds, forwarder.producer.probes) == (0, 0)
-    health.on_delivered()  # Kafka is back (a delivery, or the probe): the clock restarts
+    assert (guard.rebuilds, guard.built) == (0, []), "probed before the outage lasted"
+    health.recovered()  # Kafka is back (a delivery, or the probe): the clock restarts
     health.last_delivery = time.monotonic() - 60
     guard.check(forwarder)  # type: ignore[arg-type]
     assert guard.rebuilds == 0, "rebuilt before the producer had time to deliver"
     time.sleep(0.35)
-    forwarder.producer.answers = False  # the broker does not answer metadata: no rebuild
+    guard.kafka_answers = False  # the broker does not answer a new producer: no rebuild
     guard.check(forwarder)  # type: ignore[arg-type]
-    assert (guard.rebuilds, forwarder.producer.probes) == (0, 1)
-    forwarder.producer.answers = True
+    assert (guard.rebuilds, len(guard.built)) == (0, 1)
+    guard.kafka_answers = True
     guard.check(forwarder)  # type: ignore[arg-type]
-    assert guard.rebuilds == 0, "at most one attempt per BRIDGE_KAFKA_REBUILD_S"
+    assert guard.rebuilds == 0, "probed again before the retry period"
     time.sleep(0.35)
     guard.check(forwarder)  # type: ignore[arg-type]
-    assert guard.rebuilds == 1
+    assert guard.rebuilds == 1 and forwarder.producer is guard.built[-1]
+    health.last_delivery = time.monotonic() - 60
+    guard.check(forwarder)  # type: ignore[arg-type]
+    assert guard.rebuilds == 1, "at most one replacement per BRIDGE_KAFKA_REBUILD_S"
     forwarder.in_flight = 0
     time.sleep(0.35)
     guard.check(forwarder)  # type: ignore[arg-type]
-    assert guard.rebuilds == 1, "nothing pending: nothing stalled"
+    assert guard.rebuilds == 1, "nothing pending and Kafka reachable: nothing stalled"
+
+
+def test_a_producer_that_finds_no_broker_is_replaced_once_a_new_one_does() -> None:
+    """Seen in CI: Kafka was back, the sink's consumer had reconnected, and the
+    forwarder's producer still had no broker 60 s later. Its own probe keeps
+    failing, so only a new producer can tell that Kafka answers."""
+    health = KafkaHealth()
+    forwarder = SimpleNamespace(in_flight=0, kafka_health=health, producer=_Probe(False))
+    guard = _CountingGuard(0.3)
+    health.down_since = time.monotonic()
+    guard.kafka_answers = False  # Kafka really away: new producers get no answer either
+    time.sleep(0.35)
+    guard.check(forwarder)  # type: ignore[arg-type]
+    assert guard.rebuilds == 0 and health.down_since is not None
+    guard.kafka_answers = True  # Kafka is back; the old producer still finds nothing
+    guard.check(forwarder)  # type: ignore[arg-type]
+    assert guard.rebuilds == 0, "probed again before the retry period"
+    time.sleep(0.35)
+    guard.check(forwarder)  # type: ignore[arg-type]
+    assert guard.rebuilds == 1 and forwarder.producer is guard.built[-1]
+    assert health.down_since is None, "reachable again: the bridge reports ready"
