@@ -26,7 +26,7 @@ from pymongo.errors import PyMongoError
 from contracts.collections import insert_or_replace, replace_upsert
 from contracts.errors import EdgepipeError, ServiceUnavailable
 from model_worker.analytics import metrics
-from model_worker.analytics.state import StateSnapshot
+from model_worker.analytics.state import FieldState, StateSnapshot
 
 FLUSH_TIMEOUT_S = 30.0
 
@@ -36,7 +36,7 @@ class Pending:
     """Outputs not yet in a checkpoint; later emissions of an `_id` replace earlier ones."""
 
     windows: dict[str, dict[str, Any]] = field(default_factory=dict)
-    stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stats: dict[str, FieldState] = field(default_factory=dict)  # series changed, by id
     partitions: set[int] = field(default_factory=set)
 
     def __bool__(self) -> bool:

@@ -40,7 +40,7 @@ from model_worker.analytics.engine import AnalyticsEngine, Emissions, WindowPoli
 from model_worker.analytics.metrics import EmissionCounter
 from model_worker.analytics.push import StatsPush
 from model_worker.analytics.replay import committed_offsets, read_range
-from model_worker.analytics.state import PartitionState
+from model_worker.analytics.state import FieldState, PartitionState
 from model_worker.stage import ConsumedBatch
 
 log = logging.getLogger(__name__)
@@ -74,10 +74,10 @@ class AnalyticsStage:
         self.stats_push = StatsPush(settings.analytics_stats_push_interval_s, self._publish_stats)
         self.state_prefix = f"{settings.worker_group}|{settings.kafka_topic_readings}"
         self.pending = Pending()
-        # Statistics not yet written to MongoDB, held over checkpoints until the stats
-        # interval is up (by series id, latest wins); the states already written may be
-        # ahead of them, so a loaded state queues all its statistics again (`_load`).
-        self.held_stats: dict[str, dict[str, Any]] = {}
+        # Series whose statistics are not yet written to MongoDB, held over checkpoints
+        # until the stats interval is up (by series id); the states already written may
+        # be ahead of iot.stats, so a loaded state queues all its series again (`_load`).
+        self.held_stats: dict[str, FieldState] = {}
         self._stats_written_at = time.monotonic()
         self._behind: set[int] = set()  # loaded from a checkpoint: may lag the loop's commits
         self._fresh: set[int] = set()  # no checkpoint yet: starts where the loop starts
@@ -182,7 +182,7 @@ class AnalyticsStage:
             # iot.stats may lag this state (statistics are written less often than
             # states): write all of the partition's again with the next statistics.
             self.held_stats.update(
-                (f.series_id, f.stats_document()) for series in state.series.values()
+                (f.series_id, f) for series in state.series.values()
                 for f in series.fields.values())
             log.info("analytics state loaded", extra={
                 "partition": partition, "applied_offset": state.applied_offset,
@@ -223,15 +223,15 @@ class AnalyticsStage:
         window_docs = [w.to_document() for w in out.windows]
         for doc, why in zip(window_docs, out.closed_by, strict=True):
             doc["closed_by"] = why
-        stats_docs = [state.stats_document() for state in out.stats]
         # One JSON encoding per window serves Kafka and MQTT.
         payloads = [orjson.dumps(doc) for doc in window_docs]
         self.writer.produce([(d["device_id"].encode(), p)
                              for d, p in zip(window_docs, payloads, strict=True)])
         self._publish(self.mqtt_window_topic, window_docs, payloads)
-        self.stats_push.offer(stats_docs, time.monotonic())
+        # Statistics documents are built when pushed or written (the latest state wins).
+        self.stats_push.offer(out.stats, time.monotonic())
         self.pending.windows.update((d["_id"], d) for d in window_docs)
-        self.pending.stats.update((d["_id"], d) for d in stats_docs)
+        self.pending.stats.update((f.series_id, f) for f in out.stats)
         self.pending.partitions |= out.partitions
 
     def _due(self) -> bool:
@@ -251,13 +251,16 @@ class AnalyticsStage:
         self.held_stats.update(pending.stats)
         stats: list[dict[str, Any]] = []
         if all_stats or self._stats_due(now):
-            stats, self.held_stats = list(self.held_stats.values()), {}
+            # built now, beside the state snapshots: both say the same readings
+            stats = [f.stats_document() for f in self.held_stats.values()]
+            self.held_stats = {}
             self._stats_written_at = now
         self.writer.submit(Checkpoint(list(pending.windows.values()), stats, states), wait=wait)
 
     def _reset(self) -> None:
         """Forget everything not checkpointed; it is recomputed from the last checkpoint.
-        Held snapshots still go out: a replay of the same readings ends at the same ones."""
+        Held statistics still go out, as their series stand: a replay of the same
+        readings ends at the same ones."""
         self.stats_push.push()
         try:
             self.writer.wait()

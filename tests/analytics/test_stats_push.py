@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -26,6 +27,19 @@ from tests.support import MqttCollector
 STATS_KEYS = ("count", "mean", "m2", "min", "max", "last_ts_ns", "last_value")
 
 
+@dataclass
+class Series:
+    """A stand-in for the engine's live series: its document is built when pushed."""
+
+    series_id: str
+    count: int
+    built: int = 0
+
+    def stats_document(self) -> dict[str, Any]:
+        self.built += 1
+        return doc(self.series_id, self.count)
+
+
 def doc(series: str, count: int) -> dict[str, Any]:
     return {"_id": series, "count": count}
 
@@ -34,14 +48,19 @@ def test_latest_snapshot_per_series_within_the_interval() -> None:
     sent: list[list[dict[str, Any]]] = []
     push = StatsPush(1.0, sent.append)
     start = push._pushed_at
-    push.offer([doc("a", 1), doc("b", 1)], start + 0.1)
-    push.offer([doc("a", 2)], start + 0.5)
+    a, b = Series("a", 1), Series("b", 1)
+    push.offer([a, b], start + 0.1)
+    a.count = 2
+    push.offer([a], start + 0.5)
     assert sent == [] and len(push) == 2
     push.push_if_due(start + 0.9)
-    assert sent == []
-    push.offer([doc("a", 3)], start + 1.0)  # the interval is up: all held ones go
+    assert sent == [] and a.built == 0, "no document built before its push"
+    a.count = 3
+    push.offer([a], start + 1.0)  # the interval is up: all held ones go
     assert sent == [[doc("a", 3), doc("b", 1)]] and len(push) == 0
-    push.offer([doc("b", 2)], start + 1.5)
+    assert (a.built, b.built) == (1, 1)
+    b.count = 2
+    push.offer([b], start + 1.5)
     push.push_if_due(start + 2.0)  # no new reading needed
     assert sent[-1] == [doc("b", 2)]
     push.push_if_due(start + 9.0)  # nothing held: nothing sent
@@ -51,9 +70,11 @@ def test_latest_snapshot_per_series_within_the_interval() -> None:
 def test_a_quiet_series_is_pushed_at_once_and_push_empties() -> None:
     sent: list[list[dict[str, Any]]] = []
     push = StatsPush(1.0, sent.append)
-    push.offer([doc("a", 1)], push._pushed_at + 5.0)  # nothing pushed for longer than 1 s
+    a = Series("a", 1)
+    push.offer([a], push._pushed_at + 5.0)  # nothing pushed for longer than 1 s
     assert sent == [[doc("a", 1)]]
-    push.offer([doc("a", 2)], push._pushed_at + 0.1)
+    a.count = 2
+    push.offer([a], push._pushed_at + 0.1)
     push.push()  # flush, revoke, shutdown
     assert sent[-1] == [doc("a", 2)] and len(push) == 0
 
@@ -61,8 +82,8 @@ def test_a_quiet_series_is_pushed_at_once_and_push_empties() -> None:
 def test_interval_zero_publishes_every_batch() -> None:
     sent: list[list[dict[str, Any]]] = []
     push = StatsPush(0.0, sent.append)
-    push.offer([doc("a", 1)], 0.0)
-    push.offer([doc("a", 2)], 0.0)
+    push.offer([Series("a", 1)], 0.0)
+    push.offer([Series("a", 2)], 0.0)
     push.offer([], 0.0)
     assert sent == [[doc("a", 1)], [doc("a", 2)]] and len(push) == 0
 
