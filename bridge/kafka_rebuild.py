@@ -91,7 +91,9 @@ class StallGuard:
     def rebuild(self, forwarder: Forwarder, new: Producer | None = None) -> int:
         """`new` (default: a new producer) replaces the forwarder's; what the old
         one held is produced on it. Returns how many records."""
-        old, new = forwarder.producer, new or self.make_producer()
+        old = forwarder.producer
+        if new is None:
+            new = self.make_producer()
         held: list[tuple[Message, _Pending]] = []
         forwarder.purged = held  # the forwarder's delivery callback collects here
         try:

@@ -93,8 +93,9 @@ class Settings(BaseSettings):
     bridge_receive_maximum: int = Field(1000, ge=1, le=65_535)
     # Kafka counts as unreachable once deliveries have been pending this long.
     bridge_kafka_stall_s: float = Field(10.0, gt=0)
-    # Deliveries pending this long (since the last one, or since Kafka came back)
-    # while the broker answers metadata: the producer is replaced (bridge/kafka_rebuild.py).
+    # Deliveries pending this long (since the last one, or since Kafka came back),
+    # or no broker found this long, while a new producer gets a metadata answer:
+    # the forwarder's producer is replaced (bridge/kafka_rebuild.py).
     bridge_kafka_rebuild_s: float = Field(30.0, gt=0)
     bridge_shutdown_timeout_s: float = Field(15.0, gt=0)
     # Extra filters (comma-separated, under the prefix) subscribed so that a
