@@ -44,6 +44,11 @@ class Subscriber:
         with self.lock:
             return list(self.got)
 
+    def delivered(self, count: int) -> list[tuple[str, bytes]]:
+        """(topic, payload) of everything received, once at least `count` arrived."""
+        wait_for(lambda: len(self.received()) >= count, 30, "every message delivered")
+        return [(t, p) for t, p, _ in self.received()]
+
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
@@ -111,7 +116,7 @@ def test_batched_retained_publishes_arrive_exactly_as_sent(
         for start in range(0, len(messages), 500):
             refused = publish_all(publisher, messages[start:start + 500], timeout_s=30)
             assert refused == []
-        wait_for(lambda: len(live.received()) >= len(messages), 30, "every message delivered")
+        live.delivered(len(messages))
         time.sleep(0.2)  # a duplicate would arrive right behind
         got = live.received()
         # One client's messages reach a subscriber in order, each exactly once.
@@ -144,8 +149,7 @@ def test_publishes_before_the_connection_go_out_once_connected(mqtt_ready: Setti
         mqtt_connect(client, mqtt_ready)
         client.loop_start()
         wait_for(lambda: all(published(info) for info in infos), 30, "sent after CONNACK")
-        wait_for(lambda: len(live.received()) >= len(messages), 30, "every message delivered")
-        assert [(t, p) for t, p, _ in live.received()] == messages
+        assert live.delivered(len(messages)) == messages
     finally:
         live.close()
         close(client)
@@ -204,8 +208,7 @@ def test_messages_beyond_max_inflight_go_out_as_acks_return(mqtt_ready: Settings
             info.wait_for_publish(30)
         assert all(info.is_published() for info in infos)
         assert len(in_flight) == len(messages) and max(in_flight) <= 10
-        wait_for(lambda: len(live.received()) >= len(messages), 30, "every message delivered")
-        assert [(t, p) for t, p, _ in live.received()] == messages
+        assert live.delivered(len(messages)) == messages
     finally:
         live.close()
         close(publisher)
@@ -229,8 +232,7 @@ def test_pahos_publish_and_publish_many_share_the_window(mqtt_ready: Settings,
         for info in infos:
             info.wait_for_publish(30)
         assert all(info.is_published() for info in infos)
-        wait_for(lambda: len(live.received()) >= len(messages), 30, "every message delivered")
-        got = [(t, p) for t, p, _ in live.received()]
+        got = live.delivered(len(messages))
         assert sorted(got) == sorted(messages) and len(got) == len(messages)
         with publisher._out_message_mutex:
             assert not publisher._out_messages and publisher._inflight_messages == 0
