@@ -87,9 +87,13 @@ def run_scenario(request: pytest.FixtureRequest, pipeline: Pipeline,
     finally:
         if devices.proc.poll() is None:
             devices.proc.kill()
-    for proc in pipeline.procs.values():
-        if proc.proc is not None and proc.proc.poll() is None:
-            proc.wait_ready(60)
+    try:
+        for proc in pipeline.procs.values():
+            if proc.proc is not None and proc.proc.poll() is None:
+                proc.wait_ready(60)
+    except AssertionError as exc:  # say why: one CI failure gave only a log tail
+        raise AssertionError(
+            f"{exc}\nlast not-ready answers: {ready_clock.last_refusal}") from exc
     # Time from the fault's end (the service back and healthy) to each /ready.
     ready_after_s = ready_clock.stop()
     try:
